@@ -1,0 +1,36 @@
+"""sparsejax: train sparse neural networks better, with any mask (JAX/Flax)."""
+
+from setuptools import find_packages, setup
+
+# Upper bounds are the newest releases tested here (Python 3.11, CPU).
+INSTALL_REQUIRES = [
+    "jax>=0.7.0,<0.11",
+    "jaxlib>=0.7.0,<0.11",
+    "flax>=0.11.0,<0.13",
+    "optax>=0.2.5,<0.3",
+    "chex>=0.1.90,<0.2",
+    "ml-collections>=1.0.0,<1.2",
+    "numpy>=1.26,<2.5",
+    "tensorflow-datasets>=4.9.8,<4.10",
+    "orbax-checkpoint>=0.11.0,<0.13",
+    "grain>=0.2.10,<0.3",
+    "scikit-learn>=1.4,<1.10",
+    "matplotlib>=3.8,<3.12",
+    "tqdm>=4.66,<5",
+    "tensorboardX>=2.6,<2.7",
+    "absl-py>=2.1,<3",
+]
+
+setup(
+    name="sparsejax",
+    version="0.1.0",
+    description="Train sparse neural networks better, with any mask: DST and ToST in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["sparsejax", "sparsejax.*", "launch", "configs"]),
+    python_requires=">=3.11,<3.14",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "pytest-timeout>=2.3,<3"],
+    },
+)
