@@ -1,0 +1,61 @@
+"""Parameter paths: the "/"-joined names by which masks, densities and reports refer to tensors.
+
+A path is the sequence of keys leading to a leaf, joined by "/", e.g. ``"Conv_0/kernel"`` or
+``"layer1_0/conv1/kernel"``. Every per-layer dict in sparsejax (densities, counts, scores) is keyed
+by these strings, so a user can read and override them by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+FilterFn = Callable[[str, Any], bool]
+
+GHOST = "ghost"
+
+
+def key_name(key: Any) -> str:
+    """The string of one path entry (dict key, attribute name or sequence index)."""
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def path_str(path: tuple) -> str:
+    """Joins a `jax.tree_util` key path into ``"a/b/kernel"``."""
+    return "/".join(key_name(k) for k in path)
+
+
+def flatten(tree: Any) -> dict[str, Any]:
+    """Leaves of ``tree`` keyed by their "/"-joined path, in tree order."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_str(p): leaf for p, leaf in leaves}
+
+
+def unflatten(like: Any, values: dict[str, Any]) -> Any:
+    """A tree with the structure of ``like`` whose leaves are ``values[path]``."""
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    return jax.tree_util.tree_unflatten(treedef, [values[path_str(p)] for p, _ in paths_leaves])
+
+
+def is_ghost(path: str) -> bool:
+    """Ghost-skip parameters (ToST) live under modules whose name starts with "ghost"."""
+    return any(part.lower().startswith(GHOST) for part in path.split("/"))
+
+
+def default_filter(path: str, leaf: Any) -> bool:
+    """The default prunable tensors: conv and dense kernels (ndim >= 2), never ghost parameters.
+
+    Biases, BatchNorm scales and other vectors have ndim < 2 and are never pruned.
+    """
+    return np.ndim(leaf) >= 2 and not is_ghost(path)
+
+
+def prunable(params: Any, filter_fn: FilterFn | None = None) -> dict[str, Any]:
+    """The prunable leaves of ``params`` keyed by path, in tree order."""
+    keep = filter_fn or default_filter
+    return {path: leaf for path, leaf in flatten(params).items() if keep(path, leaf)}
