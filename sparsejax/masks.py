@@ -1,0 +1,172 @@
+"""Masks are pytrees of ``bool`` arrays with exactly the structure of the params.
+
+Every function here is pure. A mask leaf is True where the weight is kept. Tensors that are not pruned
+(biases, BatchNorm, ghost parameters, anything outside the densities) carry an all-True mask, so a
+mask tree can always be zipped with the params. Per-layer values are dicts keyed by the parameter's
+"/"-joined path (``sparsejax.paths``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparsejax import paths, topk
+
+Densities = Mapping[str, float]
+
+
+def kept_count(density: float, size: int) -> int:
+    """Number of weights a tensor of ``size`` keeps at ``density``: round(d·N), at least 1 unless d = 0."""
+    if density <= 0:
+        return 0
+    return min(size, max(1, int(np.floor(density * size + 0.5))))
+
+
+def ones_like(params: Any) -> Any:
+    """The all-True mask of ``params`` (nothing pruned)."""
+    return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), bool), params)
+
+
+def check_densities(params: Any, densities: Densities) -> None:
+    """Raises ``ValueError`` if a density names no parameter or lies outside [0, 1]."""
+    shapes = paths.flatten(params)
+    for path, density in densities.items():
+        if path not in shapes:
+            raise ValueError(f"density given for {path!r}, which is not a parameter path; "
+                             f"valid paths look like {next(iter(shapes), '<none>')!r}")
+        if not 0.0 <= float(density) <= 1.0:
+            raise ValueError(f"density of {path!r} is {density}; a density must lie in [0, 1]")
+
+
+def _check_finite(scores: Any, densities: Densities) -> None:
+    for path, leaf in paths.flatten(scores).items():
+        if path in densities and not isinstance(leaf, jax.core.Tracer):
+            if bool(jnp.isnan(leaf).any()):
+                raise ValueError(f"scores of {path!r} contain NaN; expected finite scores")
+
+
+def from_scores(scores: Any, densities: Densities) -> Any:
+    """Keeps, in each tensor named in ``densities``, exactly ``kept_count(d, N)`` largest scores.
+
+    ``scores`` has the params' structure. Tensors not named keep an all-True mask. Ties go to the lower
+    flat index (``sparsejax.topk.mask``). NaN scores raise ``ValueError`` naming the path.
+    """
+    check_densities(scores, densities)
+    _check_finite(scores, densities)
+    flat = paths.flatten(scores)
+    out = {}
+    for path, s in flat.items():
+        if path in densities:
+            out[path] = topk.mask(s, kept_count(float(densities[path]), int(np.size(s))))
+        else:
+            out[path] = jnp.ones(jnp.shape(s), bool)
+    return paths.unflatten(scores, out)
+
+
+def random(rng: jax.Array, params: Any, densities: Densities) -> Any:
+    """Uniformly random masks with exactly ``kept_count(d, N)`` True per tensor named in ``densities``."""
+    leaves = paths.flatten(params)
+    keys = dict(zip(leaves, jax.random.split(rng, max(1, len(leaves)))))
+    scores = {p: jax.random.uniform(keys[p], jnp.shape(leaf)) for p, leaf in leaves.items()}
+    return from_scores(paths.unflatten(params, scores), densities)
+
+
+def apply(params: Any, masks: Any) -> Any:
+    """Params with every masked-out weight set to exactly 0 (same dtypes)."""
+    return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
+
+
+def validate(masks: Any, params: Any) -> None:
+    """Raises ``ValueError`` naming the first path whose structure, shape or dtype does not fit.
+
+    Masks must have exactly the params' tree structure, each leaf a ``bool`` array of the param's shape.
+    """
+    got, want = paths.flatten(masks), paths.flatten(params)
+    for path in want:
+        if path not in got:
+            raise ValueError(f"mask is missing parameter {path!r}; expected a mask for every param")
+    for path in got:
+        if path not in want:
+            raise ValueError(f"mask has {path!r}, which is not a parameter; expected params' paths")
+    for path, p in want.items():
+        m = got[path]
+        if tuple(np.shape(m)) != tuple(np.shape(p)):
+            raise ValueError(f"mask of {path!r} has shape {tuple(np.shape(m))}, "
+                             f"expected {tuple(np.shape(p))}")
+        if np.dtype(getattr(m, "dtype", type(m))) != np.bool_:
+            raise ValueError(f"mask of {path!r} has dtype {getattr(m, 'dtype', type(m))}, expected bool")
+    if jax.tree.structure(masks) != jax.tree.structure(params):
+        raise ValueError(f"mask tree structure {jax.tree.structure(masks)} differs from params' "
+                         f"{jax.tree.structure(params)}")
+
+
+def counts(masks: Any, params: Any | None = None, filter_fn: paths.FilterFn | None = None
+           ) -> dict[str, tuple[int, int]]:
+    """``{path: (kept, size)}`` for the prunable tensors of ``params`` (or all masks if no params)."""
+    flat = paths.flatten(masks)
+    chosen = flat if params is None else paths.prunable(params, filter_fn)
+    return {p: (int(np.count_nonzero(np.asarray(flat[p]))), int(np.size(flat[p]))) for p in chosen}
+
+
+def layer_densities(masks: Any, params: Any | None = None,
+                    filter_fn: paths.FilterFn | None = None) -> dict[str, float]:
+    """``{path: kept / size}`` per prunable tensor."""
+    return {p: kept / max(size, 1) for p, (kept, size) in counts(masks, params, filter_fn).items()}
+
+
+def sparsity(masks: Any, params: Any, filter_fn: paths.FilterFn | None = None) -> float:
+    """Fraction of zeros in the masks over all prunable tensors of ``params``."""
+    c = counts(masks, params, filter_fn).values()
+    total = sum(size for _, size in c)
+    return 1.0 - sum(kept for kept, _ in c) / total if total else 0.0
+
+
+def summary(masks: Any, params: Any, filter_fn: paths.FilterFn | None = None) -> str:
+    """A per-layer table (path, shape, kept, size, density) with a total row, as plain text."""
+    shapes = paths.flatten(params)
+    rows = [(p, "x".join(map(str, np.shape(shapes[p]))), kept, size, kept / max(size, 1))
+            for p, (kept, size) in counts(masks, params, filter_fn).items()]
+    kept_all, size_all = sum(r[2] for r in rows), sum(r[3] for r in rows)
+    rows.append(("total", "", kept_all, size_all, kept_all / max(size_all, 1)))
+    width = max([len("layer")] + [len(r[0]) for r in rows])
+    lines = [f"{'layer':<{width}}  {'shape':>18}  {'kept':>10}  {'size':>10}  {'density':>8}"]
+    lines += [f"{p:<{width}}  {s:>18}  {k:>10,}  {n:>10,}  {d:>8.4f}" for p, s, k, n, d in rows]
+    return "\n".join(lines)
+
+
+def save(path: str | os.PathLike, masks: Any) -> None:
+    """Writes masks to an ``.npz`` keyed by parameter path, atomically (no half-written file)."""
+    path = os.fspath(path)
+    arrays = {p: np.asarray(m, dtype=bool) for p, m in paths.flatten(masks).items()}
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike, params: Any) -> Any:
+    """Reads masks saved by ``save`` and validates them against ``params`` (``ValueError`` if unfit)."""
+    with np.load(os.fspath(path), allow_pickle=False) as data:
+        stored = {name: data[name] for name in data.files}
+    want = paths.flatten(params)
+    for p in stored:
+        if p not in want:
+            raise ValueError(f"mask file {os.fspath(path)!r} has {p!r}, which is not a parameter of "
+                             f"this model; expected paths like {next(iter(want), '<none>')!r}")
+    for p in want:
+        if p not in stored:
+            raise ValueError(f"mask file {os.fspath(path)!r} has no mask for {p!r}")
+    masks = paths.unflatten(params, {p: jnp.asarray(stored[p]) for p in want})
+    validate(masks, params)
+    return masks

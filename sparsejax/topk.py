@@ -1,0 +1,123 @@
+"""Exact top-k selection without sorting: per tensor and globally across a pytree.
+
+``mask(scores, k)`` marks exactly ``k`` entries, the ones with the largest scores; among equal scores
+the lower flat index wins. ``k`` may be a traced integer (it follows a schedule in dynamic sparse
+training), so nothing here needs ``k`` at trace time.
+
+Method (ALGORITHMS.md, "Exact top-k masks"): every score is mapped to an order-preserving unsigned
+32-bit key (its float bits, with negative numbers flipped). The k-th largest key ``t`` is built one bit
+at a time, from the most significant down: a candidate bit is kept when at least ``k`` keys are still
+``>= candidate``. That is 32 counting passes, each one fused read of the scores and one scalar sum;
+on a sharded array each pass is one scalar all-reduce. Keys above ``t`` are all selected; among the
+keys equal to ``t`` the first ``k - count(key > t)`` in flat order are selected, found by a second
+bisection on the flat index that runs only when the tie actually has to be broken.
+
+Memory: the keys are recomputed inside each pass (bitcast, xor, compare and sum fuse into one loop), so
+no copy of the scores is materialised; the only new array is the boolean output (N bytes). JaxPruner's
+argsort needs an index array and a sorted copy (8N bytes for float32) plus the sort's own buffers.
+
+Scores are compared as float32 (integer, bfloat16 and float16 scores are converted first); ``-0.0``
+counts as ``0.0``; NaN scores are rejected by the callers that can see concrete values
+(``sparsejax.masks.from_scores``) and must not be passed under ``jit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_BITS = 32
+_SIGN = np.uint32(0x80000000)
+
+
+def keys(scores: jax.Array) -> jax.Array:
+    """Order-preserving uint32 keys: ``keys(a) < keys(b)`` exactly when ``a < b`` as float32."""
+    x = jnp.asarray(scores).astype(jnp.float32)
+    x = jnp.where(x == 0, jnp.float32(0), x)  # -0.0 and 0.0 get one key.
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    negative = bits >= _SIGN
+    return jnp.where(negative, ~bits, bits | _SIGN)
+
+
+def _count(leaves: list[jax.Array], fn) -> jax.Array:
+    """Sum over all leaves of ``fn(leaf)`` counted as int32."""
+    return sum((jnp.sum(fn(leaf), dtype=jnp.int32) for leaf in leaves), jnp.int32(0))
+
+
+def _kth_largest_key(leaves: list[jax.Array], k: jax.Array) -> jax.Array:
+    """The largest key ``t`` with ``count(keys >= t) >= k``, over all leaves, in 32 counting passes."""
+
+    def step(i, t):
+        candidate = t | (jnp.uint32(1) << (jnp.uint32(_BITS - 1) - i.astype(jnp.uint32)))
+        enough = _count(leaves, lambda s: keys(s) >= candidate) >= k
+        return jnp.where(enough, candidate, t)
+
+    return jax.lax.fori_loop(0, _BITS, step, jnp.uint32(0))
+
+
+def _first_ties(ties: jax.Array, need: jax.Array) -> jax.Array:
+    """Keeps the first ``need`` True entries of the flat bool array ``ties`` (bisection on the index)."""
+    n = ties.size
+    index = jax.lax.broadcasted_iota(jnp.int32, ties.shape, 0)
+
+    def cut(_):
+        # Smallest p with count(ties[:p]) >= need; then ties[:p] holds exactly `need` Trues.
+        def step(_, bounds):
+            lo, hi = bounds
+            mid = (lo + hi) // 2
+            enough = jnp.sum(ties & (index < mid), dtype=jnp.int32) >= need
+            return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+        steps = max(1, int(np.ceil(np.log2(n + 1))) + 1)
+        _, p = jax.lax.fori_loop(0, steps, step, (jnp.int32(0), jnp.int32(n)))
+        return ties & (index < p)
+
+    total = jnp.sum(ties, dtype=jnp.int32)
+    return jax.lax.cond(total > need, cut, lambda _: ties, None)
+
+
+def _select(leaves: list[jax.Array], k: jax.Array) -> list[jax.Array]:
+    """Exactly ``k`` True in total over ``leaves`` at the largest scores, ties by global flat order."""
+    k = jnp.asarray(k, jnp.int32)
+    t = _kth_largest_key(leaves, k)
+    above = [keys(s) > t for s in leaves]
+    need = k - sum((jnp.sum(a, dtype=jnp.int32) for a in above), jnp.int32(0))
+    if len(leaves) == 1:
+        ties = _first_ties((keys(leaves[0]) == t).reshape(-1), need)
+        return [above[0] | ties.reshape(leaves[0].shape)]
+    flat_ties = jnp.concatenate([(keys(s) == t).reshape(-1) for s in leaves])
+    ties = _first_ties(flat_ties, need)
+    out, start = [], 0
+    for s, a in zip(leaves, above):
+        out.append(a | ties[start:start + s.size].reshape(s.shape))
+        start += s.size
+    return out
+
+
+def mask(scores: jax.Array, k: int | jax.Array) -> jax.Array:
+    """Bool array of ``scores.shape`` with exactly ``k`` True at the largest scores.
+
+    Ties: the lower flat index wins. ``k`` may be traced; it must lie in ``[0, scores.size]``.
+    """
+    scores = jnp.asarray(scores)
+    if scores.size == 0:
+        return jnp.zeros(scores.shape, bool)
+    return _select([scores], k)[0]
+
+
+def global_masks(scores: Any, k: int | jax.Array) -> Any:
+    """Bool pytree with exactly ``k`` True in total at the largest scores across all leaves.
+
+    All leaves are ranked together; ties go to the earlier leaf (tree order), then the lower flat
+    index. Leaves that are ``None`` stay ``None``. ``k`` may be traced.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(scores)
+    leaves = [jnp.asarray(leaf) for leaf in leaves]
+    nonempty = [leaf for leaf in leaves if leaf.size]
+    selected = iter(_select(nonempty, k) if nonempty else [])
+    out = [next(selected) if leaf.size else jnp.zeros(leaf.shape, bool) for leaf in leaves]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
