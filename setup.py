@@ -32,5 +32,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "pytest-timeout>=2.3,<3"],
+        # PyTorch mask import. Pinned to the CPU build tested here; any torch >= 2.1 reads the files.
+        "torch": ["torch==2.13.0"],
     },
 )

@@ -1,0 +1,92 @@
+"""The base config: the papers' CIFAR recipe (ALGORITHMS.md, "Training protocol").
+
+Every other config starts from ``get_config()`` here and overrides what it changes. Values can be
+overridden on the command line: ``--config=configs/x.py:sparsity=0.95,runlocal`` (the file's own
+arguments, parsed by ``parse_arg``) and ``--config.mask.sparsity=0.95`` (any key; the config is locked,
+so a misspelt key fails at once).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults):
+    """Parses ``"a=1,b=x,flag"`` into a ConfigDict typed like ``defaults`` (a bare name means True)."""
+    result = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+        default = defaults[key]
+        if not value:
+            result[key] = True
+        elif isinstance(default, bool):
+            result[key] = value.lower() in ("1", "true", "yes")
+        elif default is None:
+            result[key] = value
+        else:
+            result[key] = type(default)(value)
+    return result
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+    c.seed = 0
+    c.num_epochs = 180
+    c.batch_size = 128  # global batch, split over all devices and hosts
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "cifar10"  # digits | cifar10 | cifar100 | tiny_imagenet
+    c.data.data_dir = ""  # tfds data dir ('' = tfds default)
+    c.data.manual_dir = ""  # where tiny-imagenet-200.zip lies
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet18"
+    c.model.activation = "relu"  # relu | swish | pswish | mish
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 0.1
+    c.optimizer.momentum = 0.9
+    c.optimizer.weight_decay = 2e-4
+    c.optimizer.decay_epochs = (90, 135)  # lr × decay_factor at each of these epochs
+    c.optimizer.decay_factor = 0.1
+    c.optimizer.warmup_epochs = 0  # linear warm-up from 0
+
+    c.mask = ml_collections.ConfigDict()
+    c.mask.method = "random"  # dense | random | file | magnitude | snip | grasp | synflow
+    c.mask.sparsity = 0.9
+    c.mask.distribution = "erk"  # uniform | er | erk (random masks, scope='layer' finders)
+    c.mask.scope = "global"  # finders: global | layer
+    c.mask.dense_layers = ()  # e.g. ("first", "last")
+    c.mask.file = ""  # .npz written by sparsejax.masks.save (mask.method = file)
+    c.mask.batches = 10  # snip / grasp: number of training batches for the scores
+
+    c.dst = ml_collections.ConfigDict()
+    c.dst.method = "static"  # static | set | rigl | dsr | ggr
+    c.dst.update_every = 100  # steps (0 = once per epoch)
+    c.dst.start_epoch = 0
+    c.dst.end_fraction = 0.75  # mask updates stop at this fraction of training
+    c.dst.drop_fraction = 0.3
+    c.dst.drop_schedule = "cosine"  # constant | cosine | exponential
+    c.dst.grow_gradient_fraction = 0.5  # GGR
+
+    c.tost = ml_collections.ConfigDict()
+    c.tost.ghost_skip = ""  # '' (off) | identity | conv1x1
+    c.tost.ghost_swish = False  # PSwish with β rising to ReLU
+    c.tost.alpha_shape = "linear"  # linear | cosine | step
+    c.tost.beta0 = 1.0
+    c.tost.beta_max = 10.0
+    c.tost.beta_shape = "linear"  # linear | exponential
+    c.tost.removal = "first_decay"  # first_decay | after_first_decay | never
+    c.tost.label_smoothing = 0.0  # the paper uses 0.1
+    c.tost.label_smoothing_rule = "paper"  # paper | released
+
+    c.eval_every_epochs = 1
+    c.checkpoint_every_epochs = 1
+    c.log_every_steps = 50
+    c.keep_checkpoints = 2
+    c.progress = True  # progress bar with steps/s and ETA
+    return c

@@ -1,0 +1,1 @@
+"""The ToST training-recipe tweaks that are not architecture: losses (label smoothing)."""
