@@ -1,0 +1,1 @@
+from sparsejax.dst import get_masks, sparse_training  # noqa: F401

@@ -1,0 +1,91 @@
+"""What every DST rule is made of: the rule record, what it sees, magnitude removal and growth.
+
+A rule works on flat dicts ``{path: array}`` over the tensors that take part (``Layers``), never on
+the whole params tree. Selections are exact (``sparsejax.topk``) with traced counts, so one compiled
+step serves every drop fraction.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparsejax import topk
+
+Layers = dict[str, jax.Array]
+
+
+class Rewiring(NamedTuple):
+    """What a rule sees on a mask-update step (dicts over the tensors that take part)."""
+    masks: Layers             # current masks (bool)
+    weights: Layers           # weights after this step's optimizer update, exactly 0 where pruned
+    grads: Layers             # dense gradients, also at pruned positions (device-averaged)
+    drop_fraction: jax.Array  # f(t), float32 scalar
+    key: jax.Array            # PRNG key for this update
+    state: Any                # the rule's own state (DSR: its threshold)
+
+
+class Rule(NamedTuple):
+    """One DST rule and how the transformation treats it.
+
+    ``rewire`` maps a ``Rewiring`` to ``(new masks, new rule state)``; None means the mask never
+    changes (static). ``new_weight_init`` is the value of a grown connection; ``skips_update`` drops
+    the optimizer update on mask-update steps; ``resets_optimizer_state`` zeroes the optimizer state
+    of grown connections (both RigL).
+    """
+    rewire: Callable[[Rewiring], tuple[Layers, Any]] | None
+    new_weight_init: float = 0.0
+    skips_update: bool = False
+    resets_optimizer_state: bool = False
+    init_state: Callable[[], Any] = tuple
+
+
+def active(mask: jax.Array) -> jax.Array:
+    """Number of kept connections in ``mask`` (int32 scalar)."""
+    return jnp.sum(mask, dtype=jnp.int32)
+
+
+def remove_smallest(r: Rewiring) -> tuple[Layers, Layers]:
+    """Magnitude removal per layer: drops floor(f · active) smallest-|w| kept weights in each tensor.
+
+    Returns ``(kept masks, number dropped per layer)``. Ties go to the lower flat index.
+    """
+    kept, dropped = {}, {}
+    for path, mask in r.masks.items():
+        n_active = active(mask)
+        dropped[path] = jnp.floor(r.drop_fraction * n_active.astype(jnp.float32)).astype(jnp.int32)
+        scores = jnp.where(mask, jnp.abs(r.weights[path]), -jnp.inf)
+        kept[path] = topk.mask(scores, n_active - dropped[path])
+    return kept, dropped
+
+
+def grow(scores: jax.Array, eligible: jax.Array, n: jax.Array) -> jax.Array:
+    """The ``n`` eligible positions with the largest ``scores`` (``n`` <= eligible count)."""
+    return topk.mask(jnp.where(eligible, scores, -jnp.inf), n)
+
+
+def _mix(z: jax.Array) -> jax.Array:
+    """A bijective 32-bit integer mixer (MurmurHash3's finaliser)."""
+    z = z ^ (z >> 16)
+    z = z * jnp.uint32(0x85EBCA6B)
+    z = z ^ (z >> 13)
+    z = z * jnp.uint32(0xC2B2AE35)
+    return z ^ (z >> 16)
+
+
+def random_scores(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Positive float32 scores in a uniformly random order, for random growth (SET, DSR, GGR).
+
+    Two 32-bit seeds from ``key`` are mixed with the flat index (a bijection per seed pair), and the
+    top 30 bits become a normal positive float, so equal scores are rare and no score is denormal.
+    This costs one elementwise pass; ``jax.random.uniform`` costs about ten on CPU and gives only
+    2^23 distinct values, whose ties make the top-k break them by index.
+    """
+    seeds = jax.random.bits(key, (2,), jnp.uint32)
+    index = jax.lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    z = _mix(_mix(index * jnp.uint32(0x9E3779B9) ^ seeds[0]) ^ seeds[1])
+    bits = (z >> 2) + jnp.uint32(1 << 23)  # exponent field in [1, 128]: normal and finite
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)

@@ -1,0 +1,219 @@
+"""Dynamic sparse training as one optax transformation: ``sparse_training(inner, masks, method=...)``.
+
+Every step: the gradients are averaged over ``axis_name`` (if given), masked, and passed to the inner
+optimizer; the returned updates set every pruned weight to exactly 0 after ``optax.apply_updates``
+(``p + (-p) == 0`` exactly), whatever the inner optimizer does. On mask-update steps
+(``sparsejax.dst.schedules``), inside ``jax.lax.cond``, the rule (static, SET, RigL, DSR, GGR; one
+module each) drops and grows connections using the dense gradient, and a grown weight is set to
+exactly its initial value. The state holds the masks, the step count, the RNG key (identical on every
+device), the inner state, the rule's own state, and what the last mask update changed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from sparsejax import masks as masks_lib
+from sparsejax import paths
+from sparsejax.dst import dsr, ggr, rigl, set as set_rule, static
+from sparsejax.dst.inner_state import check_resettable, reset
+from sparsejax.dst.rewiring import Rewiring, Rule, active
+from sparsejax.dst.schedules import drop_fraction_schedule, is_update_step
+
+METHODS = ("static", "set", "rigl", "dsr", "ggr")
+
+
+class SparseTrainingState(NamedTuple):
+    """State of `sparse_training`; ``grown``/``dropped`` are keyed by the prunable params' paths."""
+    count: jax.Array                # int32: update() calls so far
+    masks: Any                      # bool pytree with the params' structure
+    key: jax.Array                  # PRNG key (uint32[2]), replicated
+    inner_state: optax.OptState
+    rule_state: Any                 # DSR: its threshold H; () for the other rules
+    mask_updates: jax.Array         # int32: mask updates so far
+    last_update: jax.Array          # int32: step of the last mask update, -1 before the first
+    grown: dict[str, jax.Array]     # int32 per layer: connections grown at the last mask update
+    dropped: dict[str, jax.Array]   # int32 per layer: connections dropped at the last mask update
+
+
+def _rule(method: str, grow_gradient_fraction: float) -> Rule:
+    rules = {"static": static.RULE, "set": set_rule.RULE, "rigl": rigl.RULE, "dsr": dsr.RULE}
+    return ggr.rule(grow_gradient_fraction) if method == "ggr" else rules[method]
+
+
+def _check_arguments(method: str, update_every: int, start_step: int, end_step: int | None,
+                     drop_fraction: float, grow_gradient_fraction: float,
+                     new_weight_init: float | None) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if not 0.0 <= drop_fraction <= 1.0:
+        raise ValueError(f"drop_fraction is {drop_fraction}; it must lie in [0, 1]")
+    if not 0.0 <= grow_gradient_fraction <= 1.0:
+        raise ValueError(f"grow_gradient_fraction is {grow_gradient_fraction}; it must lie in [0, 1]")
+    if int(update_every) != update_every or update_every <= 0:
+        raise ValueError(f"update_every is {update_every}; it must be a positive integer")
+    if start_step < 0:
+        raise ValueError(f"start_step is {start_step}; it must be >= 0")
+    if end_step is None and method != "static":
+        raise ValueError(f"end_step is required for method {method!r} (the last step that may "
+                         f"change the mask is end_step - 1)")
+    if end_step is not None and end_step < start_step:
+        raise ValueError(f"end_step ({end_step}) is before start_step ({start_step})")
+    if new_weight_init is not None and not math.isfinite(new_weight_init):
+        raise ValueError(f"new_weight_init is {new_weight_init}; it must be finite")
+
+
+def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: str,
+                    update_every: int = 100, start_step: int = 0, end_step: int | None = None,
+                    drop_fraction: float = 0.3, drop_schedule: str = "cosine",
+                    grow_gradient_fraction: float = 0.5, new_weight_init: float | None = None,
+                    axis_name: str | None = None, filter_fn: paths.FilterFn | None = None,
+                    seed: int = 0) -> optax.GradientTransformationExtraArgs:
+    """Wraps ``inner`` so that training keeps ``masks`` and rewires them by ``method``.
+
+    Args:
+      inner: any optax optimizer; it receives the masked gradients.
+      masks: bool pytree with the params' structure (True = kept), checked against params at init.
+      method: "static", "set", "rigl", "dsr" or "ggr" (one module each in ``sparsejax.dst``).
+      update_every, start_step, end_step: the mask may change at steps ``t > 0`` with
+        ``start_step <= t < end_step`` and ``(t - start_step) % update_every == 0`` (step t = number
+        of earlier update() calls). ``end_step`` may be omitted only for "static".
+      drop_fraction, drop_schedule: f0 and "constant" | "cosine" | "exponential"
+        (``sparsejax.dst.schedules``).
+      grow_gradient_fraction: GGR's share of each layer's quota grown at the largest gradients.
+      new_weight_init: value of a grown weight; None = the rule's (0; 1e-10 for GGR).
+      axis_name: inside ``pmap``/``shard_map``, the gradients are averaged over this axis first,
+        for the inner optimizer and for every mask decision.
+      filter_fn: ``(path, leaf) -> bool``, the tensors that take part in rewiring; default
+        ``sparsejax.paths.default_filter`` (conv and dense kernels). Other tensors keep their mask.
+      seed: seed of the RNG key in the state (random growth of SET, DSR, GGR).
+
+    Returns an optax transformation whose updates leave pruned weights exactly 0 after
+    ``optax.apply_updates``. Raises ``ValueError`` for bad arguments, and at init for masks that do
+    not fit the params or (RigL) an inner state it cannot reset.
+    """
+    _check_arguments(method, update_every, start_step, end_step, drop_fraction,
+                     grow_gradient_fraction, new_weight_init)
+    rule = _rule(method, grow_gradient_fraction)
+    init_value = rule.new_weight_init if new_weight_init is None else new_weight_init
+    end_step = start_step if end_step is None else end_step
+    fraction_at = drop_fraction_schedule(drop_schedule, drop_fraction, start_step, end_step)
+    inner = optax.with_extra_args_support(inner)
+
+    def init_fn(params: optax.Params) -> SparseTrainingState:
+        masks_lib.validate(masks, params)
+        prunable = paths.prunable(params, filter_fn)
+        inner_state = inner.init(params)
+        if rule.resets_optimizer_state:
+            check_resettable(inner_state, params, prunable)
+        zeros = {path: jnp.int32(0) for path in prunable}
+        return SparseTrainingState(
+            count=jnp.int32(0), masks=jax.tree.map(jnp.asarray, masks),
+            key=jax.random.PRNGKey(seed), inner_state=inner_state, rule_state=rule.init_state(),
+            mask_updates=jnp.int32(0), last_update=jnp.int32(-1), grown=zeros, dropped=dict(zeros))
+
+    def update_fn(grads: optax.Updates, state: SparseTrainingState,
+                  params: optax.Params | None = None, **extra_args: Any
+                  ) -> tuple[optax.Updates, SparseTrainingState]:
+        if params is None:
+            raise ValueError("sparse_training needs the params: call tx.update(grads, state, params)")
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
+        old = state.masks
+        masked_grads = masks_lib.apply(grads, old)
+
+        def inner_update():
+            return inner.update(masked_grads, state.inner_state, params, **extra_args)
+
+        if rule.rewire is None:
+            updates, inner_state = inner_update()
+            return (jax.tree.map(lambda p, u, m: jnp.where(m, u, -p), params, updates, old),
+                    state._replace(count=optax.safe_int32_increment(state.count),
+                                   inner_state=inner_state))
+
+        rewire_now = is_update_step(state.count, start_step, end_step, update_every)
+        if rule.skips_update:
+            skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(inner_update)[0])
+            updates, inner_state = jax.lax.cond(
+                rewire_now, lambda: (skipped, state.inner_state), inner_update)
+        else:
+            updates, inner_state = inner_update()
+
+        old_flat, params_flat, updates_flat = (paths.flatten(t) for t in (old, params, updates))
+        layers = list(state.grown)
+        grads_flat = paths.flatten(grads)
+
+        def rewire_branch():
+            key, subkey = jax.random.split(state.key)
+            layer_masks = {p: old_flat[p] for p in layers}
+            weights = {p: jnp.where(old_flat[p], params_flat[p] + updates_flat[p], 0) for p in layers}
+            new, rule_state = rule.rewire(Rewiring(
+                layer_masks, weights, {p: grads_flat[p] for p in layers},
+                fraction_at(state.count), subkey, state.rule_state))
+            grown = {p: active(new[p] & ~layer_masks[p]) for p in layers}
+            dropped = {p: active(layer_masks[p] & ~new[p]) for p in layers}
+            return new, rule_state, key, grown, dropped, state.count
+
+        def keep_branch():
+            return ({p: old_flat[p] for p in layers}, state.rule_state, state.key, state.grown,
+                    state.dropped, state.last_update)
+
+        new_layers, rule_state, key, grown, dropped, last_update = jax.lax.cond(
+            rewire_now, rewire_branch, keep_branch)
+        new = paths.unflatten(old, {**old_flat, **new_layers})
+        born = jax.tree.map(lambda n, o: n & ~o, new, old)
+        if rule.resets_optimizer_state:
+            inner_state = reset(inner_state, params, born)
+        init = lambda p: jnp.asarray(init_value, p.dtype)  # noqa: E731
+        updates = jax.tree.map(
+            lambda p, u, n, b: jnp.where(n, jnp.where(b, init(p) - p, u), -p),
+            params, updates, new, born)
+        return updates, SparseTrainingState(
+            count=optax.safe_int32_increment(state.count), masks=new, key=key,
+            inner_state=inner_state, rule_state=rule_state,
+            mask_updates=state.mask_updates + rewire_now.astype(jnp.int32),
+            last_update=last_update, grown=grown, dropped=dropped)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def find_state(opt_state: optax.OptState) -> SparseTrainingState:
+    """The one `SparseTrainingState` inside ``opt_state`` (at any depth: chain, inject_hyperparams)."""
+    is_ours = lambda node: isinstance(node, SparseTrainingState)  # noqa: E731
+    found = [n for n in jax.tree.leaves(opt_state, is_leaf=is_ours) if is_ours(n)]
+    if len(found) != 1:
+        raise ValueError(f"expected exactly one sparse_training state in opt_state, found "
+                         f"{len(found)}")
+    return found[0]
+
+
+def get_masks(opt_state: optax.OptState) -> Any:
+    """The current masks (bool pytree with the params' structure) held in ``opt_state``."""
+    return find_state(opt_state).masks
+
+
+def report(opt_state: optax.OptState) -> dict[str, jax.Array]:
+    """Flat scalar metrics after a step, ready to log (also under ``jit``).
+
+    ``density/<path>`` per rewired tensor, ``grown/<path>`` and ``dropped/<path>`` (connections changed
+    at the last mask update), ``sparsity`` over the rewired tensors, ``mask_updates`` (how many so
+    far) and ``mask_updated`` (1 if the last step changed the mask schedule-wise, else 0).
+    """
+    state = find_state(opt_state)
+    flat = paths.flatten(state.masks)
+    metrics, kept, size = {}, jnp.int32(0), 0
+    for path in state.grown:
+        n = active(flat[path])
+        metrics[f"density/{path}"] = n / flat[path].size
+        metrics[f"grown/{path}"] = state.grown[path]
+        metrics[f"dropped/{path}"] = state.dropped[path]
+        kept, size = kept + n, size + flat[path].size
+    metrics["sparsity"] = 1.0 - kept / max(size, 1)
+    metrics["mask_updates"] = state.mask_updates
+    metrics["mask_updated"] = (state.last_update == state.count - 1).astype(jnp.int32)
+    return {name: jnp.asarray(value, jnp.float32) for name, value in metrics.items()}
