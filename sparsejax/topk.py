@@ -58,43 +58,43 @@ def _kth_largest_key(leaves: list[jax.Array], k: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, _BITS, step, jnp.uint32(0))
 
 
-def _first_ties(ties: jax.Array, need: jax.Array) -> jax.Array:
-    """Keeps the first ``need`` True entries of the flat bool array ``ties`` (bisection on the index)."""
-    n = ties.size
-    index = jax.lax.broadcasted_iota(jnp.int32, ties.shape, 0)
+def _first_ties(ties: list[jax.Array], need: jax.Array) -> list[jax.Array]:
+    """Keeps the first ``need`` True entries of the flat bool arrays ``ties``, taken in list order.
+
+    A bisection on the global flat index (leaf offset + index in the leaf); the leaves are never
+    concatenated, so they may be sharded differently and no copy of their size is made.
+    """
+    sizes = [t.size for t in ties]
+    offsets = np.cumsum([0] + sizes[:-1])
+    index = [jax.lax.broadcasted_iota(jnp.int32, t.shape, 0) + int(o) for t, o in zip(ties, offsets)]
 
     def cut(_):
         # Smallest p with count(ties[:p]) >= need; then ties[:p] holds exactly `need` Trues.
         def step(_, bounds):
             lo, hi = bounds
             mid = (lo + hi) // 2
-            enough = jnp.sum(ties & (index < mid), dtype=jnp.int32) >= need
+            enough = sum((jnp.sum(t & (i < mid), dtype=jnp.int32) for t, i in zip(ties, index)),
+                         jnp.int32(0)) >= need
             return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
 
+        n = sum(sizes)
         steps = max(1, int(np.ceil(np.log2(n + 1))) + 1)
         _, p = jax.lax.fori_loop(0, steps, step, (jnp.int32(0), jnp.int32(n)))
-        return ties & (index < p)
+        return [t & (i < p) for t, i in zip(ties, index)]
 
-    total = jnp.sum(ties, dtype=jnp.int32)
+    total = _count(ties, lambda t: t)
     return jax.lax.cond(total > need, cut, lambda _: ties, None)
 
 
+@jax.jit  # Compiled once per shapes (k is traced), also when called outside a user's jit.
 def _select(leaves: list[jax.Array], k: jax.Array) -> list[jax.Array]:
     """Exactly ``k`` True in total over ``leaves`` at the largest scores, ties by global flat order."""
     k = jnp.asarray(k, jnp.int32)
     t = _kth_largest_key(leaves, k)
     above = [keys(s) > t for s in leaves]
-    need = k - sum((jnp.sum(a, dtype=jnp.int32) for a in above), jnp.int32(0))
-    if len(leaves) == 1:
-        ties = _first_ties((keys(leaves[0]) == t).reshape(-1), need)
-        return [above[0] | ties.reshape(leaves[0].shape)]
-    flat_ties = jnp.concatenate([(keys(s) == t).reshape(-1) for s in leaves])
-    ties = _first_ties(flat_ties, need)
-    out, start = [], 0
-    for s, a in zip(leaves, above):
-        out.append(a | ties[start:start + s.size].reshape(s.shape))
-        start += s.size
-    return out
+    need = k - _count(above, lambda a: a)
+    ties = _first_ties([(keys(s) == t).reshape(-1) for s in leaves], need)
+    return [a | tie.reshape(s.shape) for s, a, tie in zip(leaves, above, ties)]
 
 
 def mask(scores: jax.Array, k: int | jax.Array) -> jax.Array:
