@@ -99,6 +99,7 @@ def _solve(params: Any, sparsity: float, raw_fn: Callable[[tuple[int, ...]], flo
     out = _fixed(shapes, dense, custom)
     budget = density * sum(sizes.values())
     raw = {p: raw_fn(s) ** power_scale for p, s in shapes.items() if p not in out}
+    any_free = bool(raw)
     while raw:
         remaining = budget - sum(out[p] * sizes[p] for p in out)
         if remaining < 0:
@@ -113,6 +114,12 @@ def _solve(params: Any, sparsity: float, raw_fn: Callable[[tuple[int, ...]], flo
         for p in [p for p, r in raw.items() if r == top]:
             out[p] = 1.0
             del raw[p]
+    else:  # Every free layer became dense: the fixed ones may have left more than they can hold.
+        held = sum(out[p] * sizes[p] for p in out)
+        if any_free and budget - held > 0.5:
+            raise ValueError(f"with every other layer dense the layers hold {held:.0f} weights and "
+                             f"cannot reach the budget {budget:.0f} at sparsity {sparsity}; "
+                             "raise the custom densities or the sparsity")
     return {p: out[p] for p in shapes}
 
 
