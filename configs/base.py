@@ -84,6 +84,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tost.label_smoothing = 0.0  # the paper uses 0.1
     c.tost.label_smoothing_rule = "paper"  # paper | released
 
+    c.init = ml_collections.ConfigDict()
+    c.init.variables_file = ""  # start from these variables (.npz) instead of a fresh init
+    c.init.save_at_epoch = -1  # write the variables at this epoch to workdir/rewind.npz (-1: never)
+
     c.eval_every_epochs = 1
     c.checkpoint_every_epochs = 1
     c.log_every_steps = 50

@@ -44,7 +44,7 @@ def multi_host() -> bool:
 def main(argv: list[str]) -> None:
     del argv
     import jax
-    from sparsejax import train
+    from sparsejax import lottery, train
 
     if FLAGS.config is None:
         fail("no config given; pass --config=configs/quickstart.py (or another file in configs/)")
@@ -55,7 +55,11 @@ def main(argv: list[str]) -> None:
     logging.info("process %d/%d, %d devices, workdir %s", jax.process_index(), jax.process_count(),
                  jax.device_count(), workdir)
     try:
-        if "compare" in config:
+        if config.mask.method == "lth":
+            records = lottery.run(config, workdir)
+            if jax.process_index() == 0:
+                print(lottery.table(records))
+        elif "compare" in config:
             summaries = train.run_variants(config, workdir)
             if jax.process_index() == 0:
                 print(train.comparison_table(summaries))

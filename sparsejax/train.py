@@ -32,6 +32,9 @@ from sparsejax import distributions, dst, masks as masks_lib, models, paths, pru
 from sparsejax.recipe import losses
 
 
+FINAL_VARIABLES = "final_variables.npz"  # the trained (plain) network's params and batch_stats
+
+
 class TrainError(ValueError):
     """A problem the user can fix (bad config, unfit workdir, divergence): one line says what."""
 
@@ -125,8 +128,8 @@ def initial_masks(config: ml_collections.ConfigDict, params: Any, apply_fn: Call
         if not m.file:
             raise TrainError("mask.method is 'file' but mask.file is empty; pass "
                              "--config.mask.file=PATH.npz")
-        try:
-            return masks_lib.load(m.file, params)
+        try:  # the file holds no ghost parameters: they get all-True masks
+            return overlay(masks_lib.ones_like(params), masks_lib.load(m.file, without_ghosts(params)))
         except FileNotFoundError:
             raise TrainError(f"mask file {m.file!r} does not exist; check --config.mask.file") from None
     densities = distributions.by_name(m.distribution)(params, m.sparsity, dense=m.dense_layers)
@@ -200,6 +203,31 @@ def make_eval_step(model, model_kwargs):
     return eval_step
 
 
+def overlay(tree: Any, values: Any) -> Any:
+    """``tree`` with the leaves that ``values`` has at the same paths replaced by those."""
+    return paths.unflatten(tree, {**paths.flatten(tree), **paths.flatten(values)})
+
+
+def save_variables(path: pathlib.Path, variables: Any) -> None:
+    """Writes variables (params, batch_stats) to an ``.npz`` keyed by path, atomically."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in paths.flatten(variables).items()})
+    os.replace(tmp, path)
+
+
+def load_variables(path: str | os.PathLike, like: Any) -> Any:
+    """Variables saved by ``save_variables``, onto ``like``'s structure (paths it lacks keep ``like``'s)."""
+    with np.load(path, allow_pickle=False) as stored:
+        values = {k: jnp.asarray(stored[k]) for k in stored.files}
+    want = paths.flatten(like)
+    for k, v in values.items():
+        if k not in want or tuple(np.shape(want[k])) != v.shape:
+            raise TrainError(f"variables file {str(path)!r} has {k!r} {v.shape}, which does not fit "
+                             "this model; it was saved for another model")
+    return paths.unflatten(like, {**want, **{k: v for k, v in values.items()}})
+
+
 def without_ghosts(tree: Any) -> Any:
     """``tree`` with every dict entry named "ghost*" removed, at any depth (params, masks, opt state)."""
     if isinstance(tree, dict):
@@ -214,6 +242,14 @@ def without_ghosts(tree: Any) -> Any:
 # ------------------------------------------------------------------------------------- metrics
 
 
+def _logged_step(line: str) -> float:
+    """The step of one metrics.jsonl line; +inf for a line cut short by a kill."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
+
+
 class MetricWriter:
     """Scalars to ``workdir/metrics.jsonl`` and TensorBoard, from process 0 only."""
 
@@ -224,7 +260,7 @@ class MetricWriter:
             return
         if self.path.exists():  # drop what a killed run logged after its last checkpoint
             kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
+                    if _logged_step(line) <= resume_step]
             _write_atomic(self.path, "".join(line + "\n" for line in kept))
         from tensorboardX import SummaryWriter
         self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
@@ -281,9 +317,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     repl, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    ds = data_lib.load(config.data.name, batch_size=config.batch_size // jax.process_count(),
-                       seed=config.seed, data_dir=config.data.data_dir or None,
+    ds = data_lib.load(config.data.name, batch_size=config.batch_size, seed=config.seed,
+                       data_dir=config.data.data_dir or None,
                        manual_dir=config.data.manual_dir or None)
+    train_iter = iter(ds.train)
     plan = _plan(config, ds.steps_per_epoch)
 
     activation = "pswish" if config.tost.ghost_swish else config.model.activation
@@ -313,6 +350,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     def fresh_state():
         variables = jax.jit(lambda k: model.init(k, dummy, train=False, **init_kwargs),
                             out_shardings=repl)(jax.random.key(config.seed))
+        if config.init.variables_file:
+            variables = load_variables(config.init.variables_file, variables)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})
 
         def apply_fn(p, x):
@@ -320,9 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                **_model_kwargs(config, plan)(0) if plan.ghost_end else {})
 
         def train_batches(n):
-            it = data_lib.load(config.data.name, batch_size=config.batch_size, seed=config.seed,
-                               data_dir=config.data.data_dir or None,
-                               manual_dir=config.data.manual_dir or None).train
+            it = iter(ds.train)
             return [next(it) for _ in range(n)]
 
         masks = initial_masks(config, params, apply_fn, train_batches, ds.image_shape)
@@ -330,7 +367,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         tx = make_tx(masks)
         state = {"step": jnp.int32(0), "params": params, "batch_stats": batch_stats,
                  "opt_state": tx.init(params)}
-        return jax.device_put(state, repl), masks
+        # Host copies first: leaves that are one object (e.g. shared zeros) must become distinct
+        # buffers, since the train step donates every one of them.
+        return jax.device_put(jax.tree.map(np.array, state), repl), masks
 
     manager = ocp.CheckpointManager(
         (workdir / "checkpoints").absolute(),
@@ -348,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         restored = manager.restore(latest, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         state, meta = restored["state"], restored["meta"]
-        ds.train.set_state(meta.pop("data"))
+        train_iter.set_state(meta.pop("data"))
         masks = dst.get_masks(state["opt_state"])
 
     phase = _Phase(model if ghosted else plain_model, make_tx, masks, config, plan,
@@ -358,7 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     def evaluate(split: str) -> dict[str, float]:
         total = np.zeros(3)
-        for batch in getattr(ds, split)():
+        for batch in getattr(ds, split):
             total += np.asarray(phase.eval_step(state, to_global(batch)))
         correct, loss, count = total
         return {f"{split}/accuracy": correct / count, f"{split}/loss": loss / count}
@@ -367,10 +406,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     bar = tqdm(total=plan.total_steps, initial=step, unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0 or not config.progress, mininterval=1.0)
     pending: list[dict] = []
+
+    def save_rewind_point():
+        if (step == config.init.save_at_epoch * plan.steps_per_epoch
+                and jax.process_index() == 0):
+            save_variables(workdir / "rewind.npz",
+                           {"params": state["params"], "batch_stats": state["batch_stats"]})
+
+    save_rewind_point()
     try:
         while step < plan.total_steps:
-            state, metrics = phase.train_step(state, to_global(next(ds.train)))
+            state, metrics = phase.train_step(state, to_global(next(train_iter)))
             step += 1
+            save_rewind_point()
             bar.update(1)
             pending.append(metrics)
             if ghosted and step >= plan.ghost_end:
@@ -400,13 +448,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     test = evaluate("test")
                     meta["test_accuracy"] = test["test/accuracy"]
                     scalars.update(test)
-                scalars.update(dst.report(state["opt_state"]))
+                report = dst.report(state["opt_state"])
+                if config.dst.method == "static":  # per-layer numbers only when they can change
+                    report = {"sparsity": report["sparsity"]}
+                scalars.update({k: float(v) for k, v in report.items()})
                 writer.write(step, {"epoch": epoch, **scalars})
             if epoch_end and (epoch % config.checkpoint_every_epochs == 0
                               or step == plan.total_steps):
                 manager.save(step, args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
-                    meta=ocp.args.JsonSave({**meta, "data": ds.train.get_state()})))
+                    meta=ocp.args.JsonSave({**meta, "data": train_iter.get_state()})))
     finally:
         bar.close()
         manager.wait_until_finished()
@@ -426,6 +477,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         "config": json.loads(config.to_json_best_effort()),
     }
     if jax.process_index() == 0:
+        save_variables(workdir / FINAL_VARIABLES,
+                       {"params": state["params"], "batch_stats": state["batch_stats"]})
         _write_atomic(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary
 

@@ -1,0 +1,85 @@
+"""The training pipeline end to end: `python -m launch` on the embedded digits data."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--config.num_epochs=4", "--config.batch_size=64", "--config.progress=False"]
+
+
+def env(devices: int = 1) -> dict[str, str]:
+    e = dict(os.environ)
+    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    e["JAX_PLATFORMS"] = "cpu"
+    return e
+
+
+def launch(*args: str, devices: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launch", *args], cwd=REPO, env=env(devices),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def final_state(workdir: pathlib.Path) -> dict:
+    """The last checkpoint's state as numpy arrays."""
+    step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    with ocp.StandardCheckpointer() as ckpt:
+        return ckpt.restore((workdir / "checkpoints" / str(step) / "state").absolute())
+
+
+def flat(tree, prefix=""):
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(flat(v, f"{prefix}/{k}"))
+        return out
+    if isinstance(tree, (list, tuple)):
+        out = {}
+        for i, v in enumerate(tree):
+            out.update(flat(v, f"{prefix}/{i}"))
+        return out
+    return {prefix: np.asarray(tree)}
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path):
+    config = "--config=configs/quickstart.py:variant=tost"
+    whole = launch(config, f"--workdir={tmp_path / 'whole'}", *TINY)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "launch", config, f"--workdir={killed}", *TINY],
+                            cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = killed / "checkpoints"
+        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+            break
+        time.sleep(0.2)
+    time.sleep(random.Random(0).uniform(0.0, 2.0))  # somewhere after the first checkpoint
+    assert proc.poll() is None, "run ended before it could be killed; make it longer"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = launch(config, f"--workdir={killed}", *TINY)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    a, b = flat(final_state(tmp_path / "whole")), flat(final_state(killed))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert (tmp_path / "whole" / "metrics.jsonl").read_text() == (killed / "metrics.jsonl").read_text()
+    sa = json.loads((tmp_path / "whole" / "summary.json").read_text())
+    sb = json.loads((killed / "summary.json").read_text())
+    assert sa == sb
+    assert not any(k.split("/")[-1].startswith("ghost") for k in a), "ghosts must be gone at the end"
