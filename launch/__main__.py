@@ -43,6 +43,7 @@ def multi_host() -> bool:
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.ERROR)  # tfds/orbax chatter off: bad input stays one line
     import jax
     from sparsejax import lottery, train
 

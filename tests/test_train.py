@@ -83,3 +83,61 @@ def test_kill_and_resume_is_bit_identical(tmp_path):
     sb = json.loads((killed / "summary.json").read_text())
     assert sa == sb
     assert not any(k.split("/")[-1].startswith("ghost") for k in a), "ghosts must be gone at the end"
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """Asserts the launcher failed with exactly one line on stderr and no traceback; returns it."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--config.mask.sparsityy=0.5"], "sparsityy"),
+    (["--config.mask.sparsity=1.5"], "sparsity"),
+    (["--config.model.name=resnet9"], "resnet9"),
+    (["--config.data.name=imagenet"], "imagenet"),
+    (["--config.mask.method=file", "--config.mask.file=/nonexistent/mask.npz"], "mask.npz"),
+])
+def test_bad_config_fails_with_one_line(tmp_path, args, words):
+    result = launch("--config=configs/quickstart.py:variant=vanilla", f"--workdir={tmp_path}/w",
+                    *TINY, *args)
+    assert words in one_line_error(result)
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    result = launch("--config=configs/quickstart.py:variant=vanilla", f"--workdir={tmp_path}/w",
+                    *TINY, "--config.data.name=tiny_imagenet", f"--config.data.data_dir={tmp_path}",
+                    f"--config.data.manual_dir={tmp_path}/manual")
+    assert "tiny-imagenet-200.zip" in one_line_error(result)
+
+
+def test_mask_file_of_another_model_is_refused(tmp_path):
+    import jax
+    import jax.numpy as jnp
+    from sparsejax import masks
+    bad = {"params": {"Dense_0": {"kernel": jnp.ones((3, 3), bool)}}}
+    masks.save(tmp_path / "other.npz", bad)
+    del jax
+    result = launch("--config=configs/quickstart.py:variant=vanilla", f"--workdir={tmp_path}/w",
+                    *TINY, "--config.mask.method=file", f"--config.mask.file={tmp_path}/other.npz")
+    assert "other.npz" in one_line_error(result)
+
+
+def test_unwritable_workdir_is_refused(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    result = launch("--config=configs/quickstart.py:variant=vanilla",
+                    f"--workdir={tmp_path}/file/run", *TINY)
+    assert "not writable" in one_line_error(result)
+
+
+def test_workdir_of_another_config_is_refused_and_kept(tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(json.dumps({"name": "something else"}))
+    (workdir / "checkpoints").mkdir()
+    result = launch("--config=configs/quickstart.py:variant=vanilla", f"--workdir={workdir}", *TINY)
+    assert "different config" in one_line_error(result)
+    assert json.loads((workdir / "config.json").read_text()) == {"name": "something else"}
+    assert (workdir / "checkpoints").is_dir()
