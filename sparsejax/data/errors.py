@@ -1,0 +1,5 @@
+"""The one error a missing dataset raises."""
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is neither prepared nor obtainable here; the message says how to get it and where to put it."""
