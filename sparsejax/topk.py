@@ -12,9 +12,10 @@ on a sharded array each pass is one scalar all-reduce. Keys above ``t`` are all 
 keys equal to ``t`` the first ``k - count(key > t)`` in flat order are selected, found by a second
 bisection on the flat index that runs only when the tie actually has to be broken.
 
-Memory: the keys are recomputed inside each pass (bitcast, xor, compare and sum fuse into one loop), so
-no copy of the scores is materialised; the only new array is the boolean output (N bytes). JaxPruner's
-argsort needs an index array and a sorted copy (8N bytes for float32) plus the sort's own buffers.
+Memory: no sort and no index array. XLA:CPU (jax 0.10) does not fuse a comparison into a reduction:
+it keeps the uint32 keys (4N bytes, hoisted out of the loop) and writes each pass's int32 indicator
+before summing it (4N bytes); with the boolean arrays, measured peak ~3.3x the float32 scores at 10M
+(``benchmarks/topk.py``). JaxPruner's argsort measures ~10x there.
 
 Scores are compared as float32 (integer, bfloat16 and float16 scores are converted first); ``-0.0``
 counts as ``0.0``; NaN scores are rejected by the callers that can see concrete values
@@ -65,22 +66,25 @@ def _first_ties(ties: list[jax.Array], need: jax.Array) -> list[jax.Array]:
     concatenated, so they may be sharded differently and no copy of their size is made.
     """
     sizes = [t.size for t in ties]
-    offsets = np.cumsum([0] + sizes[:-1])
-    index = [jax.lax.broadcasted_iota(jnp.int32, t.shape, 0) + int(o) for t, o in zip(ties, offsets)]
+    offsets = [int(o) for o in np.cumsum([0] + sizes[:-1])]
+
+    def before(p):
+        # ties[:p] of the concatenation, leaf by leaf; the index is made where it is used (fused).
+        return [t & (jax.lax.broadcasted_iota(jnp.int32, t.shape, 0) < p - o)
+                for t, o in zip(ties, offsets)]
 
     def cut(_):
         # Smallest p with count(ties[:p]) >= need; then ties[:p] holds exactly `need` Trues.
         def step(_, bounds):
             lo, hi = bounds
             mid = (lo + hi) // 2
-            enough = sum((jnp.sum(t & (i < mid), dtype=jnp.int32) for t, i in zip(ties, index)),
-                         jnp.int32(0)) >= need
+            enough = _count(before(mid), lambda b: b) >= need
             return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
 
         n = sum(sizes)
         steps = max(1, int(np.ceil(np.log2(n + 1))) + 1)
         _, p = jax.lax.fori_loop(0, steps, step, (jnp.int32(0), jnp.int32(n)))
-        return [t & (i < p) for t, i in zip(ties, index)]
+        return before(p)
 
     total = _count(ties, lambda t: t)
     return jax.lax.cond(total > need, cut, lambda _: ties, None)
