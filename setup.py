@@ -19,6 +19,11 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66,<5",
     "tensorboardX>=2.6,<2.7",
     "absl-py>=2.1,<3",
+    "pillow>=10,<14",
+    # Preparing CIFAR with tfds needs TensorFlow (training and reading never import it), and tfds
+    # 4.9.10 uses importlib_resources without declaring it.
+    "tensorflow-cpu>=2.16,<2.22",
+    "importlib-resources>=6,<8",
 ]
 
 setup(

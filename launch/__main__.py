@@ -50,6 +50,8 @@ def main(argv: list[str]) -> None:
     if FLAGS.config is None:
         fail("no config given; pass --config=configs/quickstart.py (or another file in configs/)")
     if multi_host():
+        if os.environ.get("JAX_PLATFORMS", "") == "cpu":  # CPU hosts talk through gloo
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("runs", config.name)

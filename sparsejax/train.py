@@ -22,9 +22,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from flax import traverse_util
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sparsejax import data as data_lib
@@ -32,6 +34,7 @@ from sparsejax import distributions, dst, masks as masks_lib, models, paths, pru
 from sparsejax.recipe import losses
 
 
+TORCH_SUFFIXES = (".pt", ".pth", ".tar")  # mask.file from PyTorch (sparsejax.pruning.load_torch_masks)
 FINAL_VARIABLES = "final_variables.npz"  # the trained (plain) network's params and batch_stats
 
 
@@ -129,7 +132,12 @@ def initial_masks(config: ml_collections.ConfigDict, params: Any, apply_fn: Call
             raise TrainError("mask.method is 'file' but mask.file is empty; pass "
                              "--config.mask.file=PATH.npz")
         try:  # the file holds no ghost parameters: they get all-True masks
-            return overlay(masks_lib.ones_like(params), masks_lib.load(m.file, without_ghosts(params)))
+            if pathlib.Path(m.file).suffix in TORCH_SUFFIXES:
+                loaded, report = pruning.load_torch_masks(m.file, without_ghosts(params))
+                logging.warning("mask import from %s: %s", m.file, report)
+            else:
+                loaded = masks_lib.load(m.file, without_ghosts(params))
+            return overlay(masks_lib.ones_like(params), loaded)
         except FileNotFoundError:
             raise TrainError(f"mask file {m.file!r} does not exist; check --config.mask.file") from None
     densities = distributions.by_name(m.distribution)(params, m.sparsity, dense=m.dense_layers)
@@ -201,6 +209,24 @@ def make_eval_step(model, model_kwargs):
         return jnp.stack([correct, jnp.sum(loss * weight), jnp.sum(weight)])
 
     return eval_step
+
+
+def init_variables(model, rng: jax.Array, x: jax.Array, sharding, **kwargs) -> dict:
+    """``model.init`` compiled, with the dicts in the model's definition order (first layer first).
+
+    A jitted function returns its dicts with sorted keys; the order in which the layers were created
+    is read inside the trace and restored, since "first"/"last" layer options and the PyTorch mask
+    matcher (``sparsejax.distributions.definition_order``) depend on it.
+    """
+    order: list[str] = []
+
+    def init(key):
+        variables = model.init(key, x, train=False, **kwargs)
+        order.extend(distributions.definition_order(variables))
+        return variables
+
+    flat = paths.flatten(jax.jit(init, out_shardings=sharding)(rng))
+    return traverse_util.unflatten_dict({tuple(p.split("/")): flat[p] for p in order})
 
 
 def overlay(tree: Any, values: Any) -> Any:
@@ -348,8 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     init_kwargs = {"alpha": 1.0} if config.tost.ghost_skip else {}
 
     def fresh_state():
-        variables = jax.jit(lambda k: model.init(k, dummy, train=False, **init_kwargs),
-                            out_shardings=repl)(jax.random.key(config.seed))
+        variables = init_variables(model, jax.random.key(config.seed), dummy, repl, **init_kwargs)
         if config.init.variables_file:
             variables = load_variables(config.init.variables_file, variables)
         params, batch_stats = variables["params"], variables.get("batch_stats", {})

@@ -141,3 +141,50 @@ def test_workdir_of_another_config_is_refused_and_kept(tmp_path):
     assert "different config" in one_line_error(result)
     assert json.loads((workdir / "config.json").read_text()) == {"name": "something else"}
     assert (workdir / "checkpoints").is_dir()
+
+
+def test_eight_devices_match_one(tmp_path):
+    args = ["--config=configs/quickstart.py:variant=tost,epochs=2", *TINY[1:],
+            "--config.num_epochs=2"]
+    one = launch(*args, f"--workdir={tmp_path / 'one'}", devices=1)
+    eight = launch(*args, f"--workdir={tmp_path / 'eight'}", devices=8)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert eight.returncode == 0, eight.stderr[-3000:]
+    a, b = flat(final_state(tmp_path / "one")), flat(final_state(tmp_path / "eight"))
+    assert a.keys() == b.keys()
+    for key in a:
+        if a[key].dtype == bool:  # masks: identical
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        else:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-4, err_msg=key)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path):
+    """The run as a 2-host job (2 devices each, gloo collectives on localhost) equals 1 host × 4."""
+    args = ["--config=configs/quickstart.py:variant=vanilla,epochs=2", *TINY[1:],
+            "--config.num_epochs=2"]
+    single = launch(*args, f"--workdir={tmp_path / 'single'}", devices=4)
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "launch", *args, f"--workdir={tmp_path / 'multi'}",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+        cwd=REPO, env=env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    sa = json.loads((tmp_path / "single" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "multi" / "summary.json").read_text())
+    assert sb["step"] == sa["step"]
+    assert sb["sparsity"] == sa["sparsity"]
+    assert abs(sb["final_test_accuracy"] - sa["final_test_accuracy"]) <= 0.01
+    a, b = flat(final_state(tmp_path / "single")), flat(final_state(tmp_path / "multi"))
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-3, atol=1e-4, err_msg=key)
