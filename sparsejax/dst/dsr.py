@@ -56,10 +56,9 @@ def rewire(r: Rewiring) -> tuple[Layers, Any]:
     threshold = jnp.where(pruned_f > (1 + TOLERANCE) * target, threshold / 2,
                           jnp.where(pruned_f < (1 - TOLERANCE) * target, threshold * 2, threshold))
     regrow = shares(total_pruned, n_surviving, size - n_surviving)
-    keys = jax.random.split(r.key, len(r.masks))
     new = {}
     for i, (path, mask) in enumerate(r.masks.items()):
-        scores = random_scores(keys[i], mask.shape)
+        scores = random_scores(r.seed, i, mask.shape)
         priority = jnp.where(mask, -scores, scores)  # zeros first, just-pruned last
         new[path] = survivors[path] | grow(priority, ~survivors[path], regrow[i])
     return new, threshold

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from sparsejax import topk
@@ -35,14 +34,13 @@ def rewire(r: Rewiring, grow_gradient_fraction: float) -> tuple[Layers, Any]:
     magnitude = {p: jnp.abs(g) for p, g in r.grads.items()}
     candidates = {p: jnp.where(keep, -jnp.inf, magnitude[p]) for p, keep in kept.items()}
     selected = topk.global_masks(candidates, sum(dropped.values()))
-    keys = jax.random.split(r.key, len(kept))
     new = {}
-    for key, (path, keep) in zip(keys, kept.items()):
+    for stream, (path, keep) in enumerate(kept.items()):
         quota = active(selected[path])
         n_gradient = jnp.floor(grow_gradient_fraction * quota.astype(jnp.float32) + 0.5
                                ).astype(jnp.int32)
         by_gradient = grow(magnitude[path], selected[path], n_gradient)
-        by_random = grow(random_scores(key, keep.shape), ~keep & ~by_gradient, quota - n_gradient)
+        by_random = grow(random_scores(r.seed, stream, keep.shape), ~keep & ~by_gradient, quota - n_gradient)
         new[path] = keep | by_gradient | by_random
     return new, r.state
 

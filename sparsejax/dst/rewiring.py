@@ -24,7 +24,7 @@ class Rewiring(NamedTuple):
     weights: Layers           # weights after this step's optimizer update, exactly 0 where pruned
     grads: Layers             # dense gradients, also at pruned positions (device-averaged)
     drop_fraction: jax.Array  # f(t), float32 scalar
-    key: jax.Array            # PRNG key for this update
+    seed: jax.Array           # uint32[2], different at every update (see `update_seed`)
     state: Any                # the rule's own state (DSR: its threshold)
 
 
@@ -67,6 +67,9 @@ def grow(scores: jax.Array, eligible: jax.Array, n: jax.Array) -> jax.Array:
     return topk.mask(jnp.where(eligible, scores, -jnp.inf), n)
 
 
+_GOLDEN = 0x9E3779B9
+
+
 def _mix(z: jax.Array) -> jax.Array:
     """A bijective 32-bit integer mixer (MurmurHash3's finaliser)."""
     z = z ^ (z >> 16)
@@ -76,16 +79,23 @@ def _mix(z: jax.Array) -> jax.Array:
     return z ^ (z >> 16)
 
 
-def random_scores(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def update_seed(key: jax.Array, step: jax.Array) -> jax.Array:
+    """The uint32[2] seed of the mask update at ``step``: a hash of the state's key and the step."""
+    return _mix(jnp.asarray(key, jnp.uint32) ^ _mix(jnp.asarray(step).astype(jnp.uint32)))
+
+
+def random_scores(seed: jax.Array, stream: int, shape: tuple[int, ...]) -> jax.Array:
     """Positive float32 scores in a uniformly random order, for random growth (SET, DSR, GGR).
 
-    Two 32-bit seeds from ``key`` are mixed with the flat index (a bijection per seed pair), and the
-    top 30 bits become a normal positive float, so equal scores are rare and no score is denormal.
-    This costs one elementwise pass; ``jax.random.uniform`` costs about ten on CPU and gives only
-    2^23 distinct values, whose ties make the top-k break them by index.
+    A counter-based generator: the flat index is hashed with ``seed`` and ``stream`` (the layer's
+    number) through a bijection per (seed, stream), and its top 30 bits become a normal positive
+    float, so equal scores are rare and none is denormal. This costs one elementwise pass and no
+    compile time; ``jax.random`` (threefry) costs about ten passes on CPU, compiles slowly, and
+    ``uniform`` gives only 2^23 distinct values, whose ties make the top-k break them by index.
     """
-    seeds = jax.random.bits(key, (2,), jnp.uint32)
+    first = _mix(seed[0] ^ jnp.uint32((stream * _GOLDEN) & 0xFFFFFFFF))
+    second = _mix(seed[1] + first)
     index = jax.lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64))).reshape(shape)
-    z = _mix(_mix(index * jnp.uint32(0x9E3779B9) ^ seeds[0]) ^ seeds[1])
+    z = _mix(_mix(index * jnp.uint32(_GOLDEN) ^ first) ^ second)
     bits = (z >> 2) + jnp.uint32(1 << 23)  # exponent field in [1, 128]: normal and finite
     return jax.lax.bitcast_convert_type(bits, jnp.float32)

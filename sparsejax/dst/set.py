@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
-
 from sparsejax.dst.rewiring import Layers, Rewiring, Rule, grow, random_scores, remove_smallest
 
 
 def rewire(r: Rewiring) -> tuple[Layers, Any]:
     """SET's mask update (see the module docstring)."""
     kept, dropped = remove_smallest(r)
-    keys = jax.random.split(r.key, len(kept))
     new = {}
-    for key, (path, keep) in zip(keys, kept.items()):
-        new[path] = keep | grow(random_scores(key, keep.shape), ~keep, dropped[path])
+    for stream, (path, keep) in enumerate(kept.items()):
+        new[path] = keep | grow(random_scores(r.seed, stream, keep.shape), ~keep, dropped[path])
     return new, r.state
 
 

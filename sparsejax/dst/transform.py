@@ -22,7 +22,7 @@ from sparsejax import masks as masks_lib
 from sparsejax import paths
 from sparsejax.dst import dsr, ggr, rigl, set as set_rule, static
 from sparsejax.dst.inner_state import check_resettable, reset
-from sparsejax.dst.rewiring import Rewiring, Rule, active
+from sparsejax.dst.rewiring import Rewiring, Rule, active, update_seed
 from sparsejax.dst.schedules import drop_fraction_schedule, is_update_step
 
 METHODS = ("static", "set", "rigl", "dsr", "ggr")
@@ -32,7 +32,8 @@ class SparseTrainingState(NamedTuple):
     """State of `sparse_training`; ``grown``/``dropped`` are keyed by the prunable params' paths."""
     count: jax.Array                # int32: update() calls so far
     masks: Any                      # bool pytree with the params' structure
-    key: jax.Array                  # PRNG key (uint32[2]), replicated
+    key: jax.Array                  # uint32[2] seed of random growth, replicated; never split:
+                                    # update t draws from a hash of (key, t, layer, position)
     inner_state: optax.OptState
     rule_state: Any                 # DSR: its threshold H; () for the other rules
     mask_updates: jax.Array         # int32: mask updates so far
@@ -114,7 +115,8 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
         zeros = {path: jnp.int32(0) for path in prunable}
         return SparseTrainingState(
             count=jnp.int32(0), masks=jax.tree.map(jnp.asarray, masks),
-            key=jax.random.PRNGKey(seed), inner_state=inner_state, rule_state=rule.init_state(),
+            key=jnp.array([(seed >> 32) & 0xFFFFFFFF, seed & 0xFFFFFFFF], jnp.uint32),
+            inner_state=inner_state, rule_state=rule.init_state(),
             mask_updates=jnp.int32(0), last_update=jnp.int32(-1), grown=zeros, dropped=dict(zeros))
 
     def update_fn(grads: optax.Updates, state: SparseTrainingState,
@@ -149,21 +151,21 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
         grads_flat = paths.flatten(grads)
 
         def rewire_branch():
-            key, subkey = jax.random.split(state.key)
             layer_masks = {p: old_flat[p] for p in layers}
             weights = {p: jnp.where(old_flat[p], params_flat[p] + updates_flat[p], 0) for p in layers}
             new, rule_state = rule.rewire(Rewiring(
                 layer_masks, weights, {p: grads_flat[p] for p in layers},
-                fraction_at(state.count), subkey, state.rule_state))
+                fraction_at(state.count), update_seed(state.key, state.count),
+                state.rule_state))
             grown = {p: active(new[p] & ~layer_masks[p]) for p in layers}
             dropped = {p: active(layer_masks[p] & ~new[p]) for p in layers}
-            return new, rule_state, key, grown, dropped, state.count
+            return new, rule_state, grown, dropped, state.count
 
         def keep_branch():
-            return ({p: old_flat[p] for p in layers}, state.rule_state, state.key, state.grown,
-                    state.dropped, state.last_update)
+            return ({p: old_flat[p] for p in layers}, state.rule_state, state.grown, state.dropped,
+                    state.last_update)
 
-        new_layers, rule_state, key, grown, dropped, last_update = jax.lax.cond(
+        new_layers, rule_state, grown, dropped, last_update = jax.lax.cond(
             rewire_now, rewire_branch, keep_branch)
         new = paths.unflatten(old, {**old_flat, **new_layers})
         born = jax.tree.map(lambda n, o: n & ~o, new, old)
@@ -174,7 +176,7 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
             lambda p, u, n, b: jnp.where(n, jnp.where(b, init(p) - p, u), -p),
             params, updates, new, born)
         return updates, SparseTrainingState(
-            count=optax.safe_int32_increment(state.count), masks=new, key=key,
+            count=optax.safe_int32_increment(state.count), masks=new, key=state.key,
             inner_state=inner_state, rule_state=rule_state,
             mask_updates=state.mask_updates + rewire_now.astype(jnp.int32),
             last_update=last_update, grown=grown, dropped=dropped)
