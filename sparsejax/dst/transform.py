@@ -89,7 +89,9 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
       grow_gradient_fraction: GGR's share of each layer's quota grown at the largest gradients.
       new_weight_init: value of a grown weight; None = the rule's (0; 1e-10 for GGR).
       axis_name: inside ``pmap``/``shard_map``, the gradients are averaged over this axis first,
-        for the inner optimizer and for every mask decision.
+        for the inner optimizer and for every mask decision. (Under ``shard_map`` with its default
+        varying-axes checks, gradients of replicated params already arrive summed over the axis;
+        the average then changes nothing, so scale the loss to the global-batch mean.)
       filter_fn: ``(path, leaf) -> bool``, the tensors that take part in rewiring; default
         ``sparsejax.paths.default_filter`` (conv and dense kernels). Other tensors keep their mask.
       seed: seed of the RNG key in the state (random growth of SET, DSR, GGR).
