@@ -11,11 +11,13 @@ from sparsejax import lottery, train
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
                  if p.stem != "__init__")
+SLOW = pytest.mark.slow  # the DST rules and finders have unit tests of their own
 VARIANTS = {
     "base": [None],
     "quickstart": [None],
-    "tost": ["mask=snip,sparsity=0.95", "model=resnet50,mask=synflow"],
-    "dst": ["method=ggr", "method=rigl,distribution=uniform", "method=set", "method=dsr"],
+    "tost": ["mask=snip,sparsity=0.95", pytest.param("model=resnet50,mask=synflow", marks=SLOW)],
+    "dst": ["method=ggr", pytest.param("method=rigl,distribution=uniform", marks=SLOW),
+            pytest.param("method=set", marks=SLOW), pytest.param("method=dsr", marks=SLOW)],
     "lth": ["runlocal,rounds=1,tost"],
 }
 

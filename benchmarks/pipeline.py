@@ -1,0 +1,128 @@
+"""Host overhead of the training loop and input-pipeline headroom, on CIFAR-sized data.
+
+Run from the repository root: ``python -m benchmarks.pipeline`` (writes the "Training loop host
+overhead (issue 5)" section of ``benchmarks/RESULTS.md``).
+
+The data are 12,000 random 32×32×3 images (CIFAR's shape, fewer of them) behind the real
+``sparsejax.data`` code path (shuffle, pad-4 crop, flip, normalise, grain prefetch), registered under a
+benchmark-only name. The model is a 90%-sparse ResNet-20, batch 128, one CPU device.
+
+- device step: the jitted, donated train step called back to back on one batch already on device;
+- loop step: ``sparsejax.train.train_and_evaluate`` (progress bar, metrics every 50 steps, data,
+  host→device copies), per step, from the difference of a short and a longer run so that
+  compilation, start-up and the final evaluation and checkpoint cancel out;
+- host overhead = loop step / device step − 1 (target ≤ 3%);
+- pipeline headroom = batches/s the train iterator delivers ÷ steps/s the device consumes (target ≥ 5).
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks.results import write_section
+from configs import base
+from sparsejax import data as data_lib, distributions, masks, models, train
+from sparsejax.data import catalog
+from sparsejax.data.pipeline import Examples
+
+NAME = "synthetic_cifar10"
+EPOCHS_SHORT, EPOCHS_LONG = 1, 3
+IMAGES = 12_000  # 10,800 after the 9:1 split: 84 steps of 128 per epoch keep the runs short
+
+
+def register_synthetic_cifar() -> None:
+    rng = np.random.default_rng(0)
+    n = IMAGES
+
+    def read(data_dir, manual_dir):
+        del data_dir, manual_dir
+        train_split = Examples(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                               rng.integers(0, 10, n).astype(np.int32))
+        return train_split, train_split.take(np.arange(256))
+
+    catalog._SPECS[NAME] = catalog._Spec(10, catalog.CIFAR, read)
+
+
+def config(epochs: int):
+    c = base.get_config()
+    c.name, c.data.name, c.model.name = "pipeline_benchmark", NAME, "resnet20"
+    c.num_epochs, c.optimizer.decay_epochs = epochs, (epochs,)
+    c.eval_every_epochs = c.checkpoint_every_epochs = 1000  # only the final ones, in both runs
+    return c
+
+
+def loop_seconds(epochs: int) -> float:
+    c = config(epochs)
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        train.train_and_evaluate(c, workdir)
+        return time.perf_counter() - start
+
+
+def device_step_seconds(ds) -> float:
+    """Median time of the jitted train step alone, on one batch kept on device."""
+    c = config(1)
+    model = models.build("resnet20", 10)
+    batch = jax.device_put(next(iter(ds.train)))
+    variables = model.init(jax.random.key(0), batch["image"][:1], train=False)
+    params = variables["params"]
+    m = masks.random(jax.random.key(1), params, distributions.erk(params, c.mask.sparsity))
+    inner = optax.chain(optax.add_decayed_weights(2e-4), optax.sgd(0.1, 0.9))
+    tx = train.dst.sparse_training(inner, m, method="static")
+    state = {"step": jnp.int32(0), "params": masks.apply(params, m),
+             "batch_stats": variables["batch_stats"], "opt_state": tx.init(params)}
+    state = jax.device_put(jax.tree.map(np.array, state))
+    step = jax.jit(train.make_train_step(model, tx, lambda s: {}, 0.0, "paper"), donate_argnums=0)
+    for _ in range(3):
+        state, _ = step(state, batch)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(30):
+        t = time.perf_counter()
+        state, _ = step(state, batch)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def iterator_batches_per_second(ds, n: int = 200) -> float:
+    it = iter(ds.train)
+    next(it)
+    t = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    register_synthetic_cifar()
+    ds = data_lib.load(NAME, batch_size=128, seed=0)
+    device = device_step_seconds(ds)
+    short = loop_seconds(EPOCHS_SHORT)
+    long = loop_seconds(EPOCHS_LONG)
+    loop = (long - short) / ((EPOCHS_LONG - EPOCHS_SHORT) * ds.steps_per_epoch)
+    feed = iterator_batches_per_second(ds)
+    body = f"""
+| measure | value |
+|---|---:|
+| device step (ResNet-20, 90% sparse, batch 128, 32×32) | {device * 1e3:.1f} ms |
+| loop step (train_and_evaluate, per step) | {loop * 1e3:.1f} ms |
+| host overhead (loop / device − 1), target ≤ 3% | {100 * (loop / device - 1):.1f}% |
+| train iterator | {feed:.0f} batches/s |
+| pipeline headroom (iterator rate × device step), target ≥ 5× | {feed * device:.1f}× |
+
+{ds.steps_per_epoch} steps per epoch; loop step from {EPOCHS_SHORT}- and {EPOCHS_LONG}-epoch runs.
+"""
+    print(body)
+    write_section("Training loop host overhead (issue 5)", body)
+
+
+if __name__ == "__main__":
+    main()
