@@ -69,6 +69,21 @@ def _check_arguments(method: str, update_every: int, start_step: int, end_step: 
         raise ValueError(f"new_weight_init is {new_weight_init}; it must be finite")
 
 
+def _masked_updates(params: Any, updates: Any, masks: Any, born: Any, init_value: float) -> Any:
+    """Updates that leave each weight exactly 0 where masked out and ``init_value`` where ``born``.
+
+    Elsewhere the weight becomes ``param + update``. ``born`` (connections grown this step, whose
+    weight was 0) may be None.
+    """
+    def one(p, u, m, b=None):
+        if b is not None:
+            u = jnp.where(b, jnp.asarray(init_value, p.dtype) - p, u)
+        return jnp.where(m, u, -p)
+
+    trees = (params, updates, masks) if born is None else (params, updates, masks, born)
+    return jax.tree.map(one, *trees)
+
+
 def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: str,
                     update_every: int = 100, start_step: int = 0, end_step: int | None = None,
                     drop_fraction: float = 0.3, drop_schedule: str = "cosine",
@@ -136,7 +151,7 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
 
         if rule.rewire is None:
             updates, inner_state = inner_update()
-            return (jax.tree.map(lambda p, u, m: jnp.where(m, u, -p), params, updates, old),
+            return (_masked_updates(params, updates, old, None, init_value),
                     state._replace(count=optax.safe_int32_increment(state.count),
                                    inner_state=inner_state))
 
@@ -173,11 +188,7 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
         born = jax.tree.map(lambda n, o: n & ~o, new, old)
         if rule.resets_optimizer_state:
             inner_state = reset(inner_state, params, born)
-        init = lambda p: jnp.asarray(init_value, p.dtype)  # noqa: E731
-        updates = jax.tree.map(
-            lambda p, u, n, b: jnp.where(n, jnp.where(b, init(p) - p, u), -p),
-            params, updates, new, born)
-        return updates, SparseTrainingState(
+        return _masked_updates(params, updates, new, born, init_value), SparseTrainingState(
             count=optax.safe_int32_increment(state.count), masks=new, key=state.key,
             inner_state=inner_state, rule_state=rule_state,
             mask_updates=state.mask_updates + rewire_now.astype(jnp.int32),

@@ -1,0 +1,133 @@
+"""Training-step cost of sparse_training against dense training (issue 3).
+
+CIFAR ResNet-18 (11.2M parameters), batch 32 at 32×32, SGD with momentum and weight decay, one
+jitted forward+backward+update step. Variants, each timed in the same run, interleaved:
+
+- dense: the inner optimizer alone;
+- static: sparse_training(method="static") at 90% sparsity;
+- rigl / ggr update: a step on which the mask changes (update_every=1, step count > 0), i.e.
+  drop + grow selections over every prunable tensor inside the step.
+
+Reported as the median and the minimum of ``--reps`` timed calls after a warm-up, each also as a
+ratio to dense. On a machine shared with other work the minimum is the steadier estimate of a
+step's own cost; the median shows the spread.
+Also times one exact top-k (``sparsejax.topk.mask``) over all prunable weights, the unit of cost of
+a mask update: RigL needs 2 such selections per update, GGR 4 (plus one counter-based random pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import sparsejax
+from sparsejax import models, paths, topk
+
+DENSITY = 0.1
+
+
+def _masks(params, rng):
+    """Exactly round(d·N) kept per prunable tensor, at random (numpy)."""
+    prunable = paths.prunable(params)
+
+    def one(path, p):
+        if path not in prunable:
+            return jnp.ones(p.shape, bool)
+        kept = sparsejax.masks.kept_count(DENSITY, p.size)
+        flat = np.zeros(p.size, bool)
+        flat[rng.permutation(p.size)[:kept]] = True
+        return jnp.asarray(flat.reshape(p.shape))
+
+    return paths.unflatten(params, {k: one(k, v) for k, v in paths.flatten(params).items()})
+
+
+def _time(fn, args) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+
+    model = models.build("resnet18", 10)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(args.batch, 32, 32, 3)), jnp.float32)
+    y = jnp.arange(args.batch, dtype=jnp.int32) % 10
+    variables = jax.jit(lambda k: model.init(k, x, train=False))(jax.random.key(0))
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    n_params = sum(p.size for p in jax.tree.leaves(params))
+    masks = _masks(params, np.random.default_rng(1))
+    params = sparsejax.masks.apply(params, masks)
+    inner = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
+
+    def make_step(tx):
+        def step(params, batch_stats, opt_state, x, y):
+            def loss_fn(p):
+                logits, new = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                          mutable=["batch_stats"])
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+                return loss, new["batch_stats"]
+
+            (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+        return jax.jit(step)
+
+    def rewiring(method):
+        return sparsejax.sparse_training(inner, masks, method=method, update_every=1,
+                                         end_step=10**9, drop_fraction=0.3)
+
+    variants = {"dense": inner, "static": sparsejax.sparse_training(inner, masks, method="static"),
+                "rigl update": rewiring("rigl"), "ggr update": rewiring("ggr")}
+    calls = {}
+    for name, tx in variants.items():
+        step = make_step(tx)
+        state = tx.init(params)
+        if name.endswith("update"):  # count > 0: every call of this state is a mask-update step
+            state = sparsejax.dst.find_state(state)._replace(count=jnp.int32(1))
+        calls[name] = (step, (params, batch_stats, state, x, y))
+        jax.block_until_ready(step(*calls[name][1]))  # compile and warm up
+
+    prunable = list(paths.prunable(params).values())
+    scores = [jnp.abs(p) for p in prunable]
+    selection = jax.jit(lambda s: [topk.mask(leaf, leaf.size // 10) for leaf in s])
+    jax.block_until_ready(selection(scores))
+
+    times = {name: [] for name in [*calls, "one top-k over prunable"]}
+    for _ in range(args.reps):
+        for name, (step, call_args) in calls.items():
+            times[name].append(_time(step, call_args))
+        times["one top-k over prunable"].append(_time(selection, (scores,)))
+    median = {name: statistics.median(t) for name, t in times.items()}
+    best = {name: min(t) for name, t in times.items()}
+
+    rows = ["| step | median (s) | median / dense | min (s) | min / dense | target |",
+            "|---|---:|---:|---:|---:|---:|"]
+    targets = {"static": "≤ 1.03", "rigl update": "≤ 1.25", "ggr update": "≤ 1.25"}
+    for name in times:
+        rows.append(f"| {name} | {median[name]:.3f} | {median[name] / median['dense']:.2f}× | "
+                    f"{best[name]:.3f} | {best[name] / best['dense']:.2f}× | "
+                    f"{targets.get(name, '')} |")
+    table = (f"CIFAR ResNet-18 ({n_params / 1e6:.1f}M parameters, "
+             f"{sum(p.size for p in prunable) / 1e6:.1f}M prunable at density {DENSITY}), batch "
+             f"{args.batch} at 32×32, SGD momentum + weight decay; {args.reps} interleaved reps "
+             f"after warm-up.\n\n" + "\n".join(rows))
+    print(table)
+    if not args.no_write:
+        from benchmarks.results import write_section
+        write_section("DST step overhead (issue 3)", table)
+
+
+if __name__ == "__main__":
+    main()
