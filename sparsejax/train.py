@@ -341,7 +341,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     workdir = pathlib.Path(workdir)
     _prepare_workdir(workdir, config)
 
-    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    # Devices ordered by process, so each host's rows of a global batch land on its own devices.
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     repl, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     ds = data_lib.load(config.data.name, batch_size=config.batch_size, seed=config.seed,
                        data_dir=config.data.data_dir or None,
