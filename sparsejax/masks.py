@@ -71,9 +71,15 @@ def from_scores(scores: Any, densities: Densities) -> Any:
 
 def random(rng: jax.Array, params: Any, densities: Densities) -> Any:
     """Uniformly random masks with exactly ``kept_count(d, N)`` True per tensor named in ``densities``."""
+    check_densities(params, densities)
     leaves = paths.flatten(params)
-    keys = dict(zip(leaves, jax.random.split(rng, max(1, len(leaves)))))
-    scores = {p: jax.random.uniform(keys[p], jnp.shape(leaf)) for p, leaf in leaves.items()}
+    sizes = {p: int(np.size(leaves[p])) for p in leaves if p in densities}
+    # One draw for all named tensors: a draw per shape would compile threefry once per shape.
+    draw = np.asarray(jax.random.uniform(rng, (sum(sizes.values()),)))
+    offsets = np.cumsum([0, *sizes.values()])
+    scores = {p: np.zeros(np.shape(leaf), np.float32) for p, leaf in leaves.items()}
+    for (p, n), start in zip(sizes.items(), offsets):
+        scores[p] = draw[start:start + n].reshape(np.shape(leaves[p]))
     return from_scores(paths.unflatten(params, scores), densities)
 
 
