@@ -5,23 +5,31 @@ the lower flat index wins. ``k`` may be a traced integer (it follows a schedule 
 training), so nothing here needs ``k`` at trace time.
 
 Method (ALGORITHMS.md, "Exact top-k masks"): every score is mapped to an order-preserving unsigned
-32-bit key (its float bits, with negative numbers flipped). The k-th largest key ``t`` is built one bit
-at a time, from the most significant down: a candidate bit is kept when at least ``k`` keys are still
-``>= candidate``. That is 32 counting passes, each one read of the scores and one scalar sum; on a
-sharded array each pass is one scalar all-reduce. Keys above ``t`` are all selected; among the keys
+32-bit key (its float bits, with negative numbers flipped). The k-th largest key ``t`` is found with
+two 16-bit histogram passes: a scatter-add of the keys' high 16 bits into 65536 int32 bins (summed
+over all leaves for a global top-k) gives the high half of ``t`` as the largest bin with at least
+``k`` keys at or above it, by cumulative counts from the top; a second histogram, of the low 16 bits
+of the keys in that bin only, gives the low half with the rank left over. The two histograms also
+give ``count(key > t)`` and ``count(key == t)``. Keys above ``t`` are all selected; among the keys
 equal to ``t`` the first ``k - count(key > t)`` in flat order are selected, up to a cut on the global
-flat index found by a second bisection that runs only when the tie actually has to be broken. The
-mask is then written in one elementwise pass per leaf.
+flat index found, only when the tie actually has to be broken, by two more histogram passes over the
+flat indices of the tied keys (high bits, then low bits within the chosen block). The mask is then
+written in one elementwise pass per leaf. That is 2 to 4 reads of the scores before the mask (this
+replaced 32 bisection counting passes for ``t``, plus ~log2(N) for a tie); on a sharded array each
+pass is a histogram per shard and one all-reduce of the (at most 65537) bins.
 
 Memory: no sort, no index array and no copy of the scores. XLA:CPU (jax 0.10) does not fuse a
-comparison into a reduction: a whole-array count writes the keys and an int32 indicator of the full
-size first (~3.3x the float32 scores measured at 10M before this was changed). So each count reads a
-leaf in chunks of ``_CHUNK`` (2^18) scores through ``lax.dynamic_slice`` (the last partial chunk is
-a static slice, no padding): the keys and indicators are at most a chunk long (1 MiB each). Measured
-by ``benchmarks/topk.py`` on one CPU device, as the peak resident memory of one run beyond the
-scores (the output mask included; benchmarks/RESULTS.md): 0.26x the float32 scores at 10M and 0.25x
-at 100M, i.e. the bool output mask (N bytes) plus a few MiB; 0.75x (3 MiB) at 1M; 0.44x for the 21
-leaves of a global ResNet-18 (11.2M). JaxPruner's argsort measures ~10x.
+comparison into a reduction or the bin computation into a scatter: a whole-array pass writes the
+keys and int32 bin indices of the full size first (~3.3x the float32 scores measured
+at 10M before chunking). So each pass reads a leaf in chunks of ``_CHUNK`` (2^18) scores through
+``lax.dynamic_slice`` (the last partial chunk is a static slice, no padding), scatter-adding chunk
+by chunk into the histogram: the keys and bin indices are at most a chunk long (1 MiB each), and
+each histogram is 256 KiB. Measured by ``benchmarks/topk.py`` on one CPU device, as the
+peak resident memory of one run beyond the scores (the output mask included; benchmarks/RESULTS.md):
+0.26x the float32 scores at 10M and 0.25x at 100M, i.e. the bool output mask (N bytes) plus a few
+MiB; 0.75x (3 MiB) at 1M; 0.44x for the 21 leaves of a global ResNet-18 (11.2M) (measured with the
+earlier bisection method, whose chunked temporaries were the same size). JaxPruner's argsort
+measures ~10x.
 
 Exception: a leaf that may be split over several devices is counted whole, since dynamic slices of
 it would make XLA gather it onto every device; it then has the full-size temporaries above (~3x,
@@ -43,9 +51,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_BITS = 32
 _SIGN = np.uint32(0x80000000)
-# Elements per counting chunk: 2^18 float32 = 1 MiB read, 1 MiB int32 indicator (stays in cache).
+# Elements per chunk: 2^18 float32 = 1 MiB read, 1 MiB int32 bin indices (stay in cache).
 _CHUNK = 1 << 18
 
 
@@ -76,74 +83,123 @@ def _chunks(leaves: list[jax.Array]) -> tuple[int, ...]:
     return tuple(0 if _may_be_split(leaf) else _CHUNK for leaf in leaves)
 
 
-def _count(leaves: list[jax.Array], offsets: list[int], fn, chunks: tuple[int, ...]) -> jax.Array:
-    """Number of True in ``fn(keys, flat_index)`` over all leaves, as int32, in chunks.
+def _fold(leaves: list[jax.Array], offsets: list[int], fn, init: jax.Array,
+          chunks: tuple[int, ...]) -> jax.Array:
+    """``fn(acc, keys, flat_index)`` folded over all leaves in chunks, starting from ``init``.
 
     ``fn`` gets the keys of a run of one leaf's flat scores and their global flat indices (leaf
-    offset + index in the leaf) and returns bools of that size. A leaf longer than its chunk is read
-    in a loop over chunk-sized dynamic slices plus one static tail, so the keys and the indicator
-    that XLA:CPU writes before summing are at most a chunk long; the scores are never copied. Chunk
-    0 reads the leaf at once (full-size temporaries), for leaves that may be split over devices:
-    dynamic slices of those would make XLA gather them onto every device.
+    offset + index in the leaf) and returns the new accumulator (same shape and type as ``init``). A
+    leaf longer than its chunk is read in a loop over chunk-sized dynamic slices plus one static
+    tail, so the keys and whatever per-element temporaries XLA:CPU writes (histogram bin
+    indices) are at most a chunk long; the scores are never copied. Chunk 0 reads the leaf at once
+    (full-size temporaries), for leaves that may be split over devices: dynamic slices of those
+    would make XLA gather them onto every device.
     """
-    total = jnp.int32(0)
+    acc = init
     for leaf, offset, chunk in zip(leaves, offsets, chunks):
         flat = leaf.reshape(-1)  # A bitcast: no copy.
         n = flat.size
         chunk = chunk or n
 
-        def part(values, start):
+        def part(acc, values, start, offset=offset):
             index = jax.lax.broadcasted_iota(jnp.int32, values.shape, 0) + (start + offset)
-            return jnp.sum(fn(keys(values), index), dtype=jnp.int32)
+            return fn(acc, keys(values), index)
 
         full, tail = divmod(n, chunk)
         if full > 1:
-            def step(j, acc):
+            def step(j, acc, flat=flat, chunk=chunk, part=part):
                 start = j * chunk
-                return acc + part(jax.lax.dynamic_slice(flat, (start,), (chunk,)), start)
+                return part(acc, jax.lax.dynamic_slice(flat, (start,), (chunk,)), start)
 
-            total = total + jax.lax.fori_loop(0, full, step, jnp.int32(0))
+            acc = jax.lax.fori_loop(0, full, step, acc)
         elif full == 1:
-            total = total + part(flat[:chunk], 0)
+            acc = part(acc, flat[:chunk], 0)
         if tail:
-            total = total + part(flat[n - tail:], n - tail)
-    return total
+            acc = part(acc, flat[n - tail:], n - tail)
+    return acc
 
 
-def _kth_largest_key(leaves, offsets, k, chunks) -> jax.Array:
-    """The largest key ``t`` with ``count(keys >= t) >= k``, over all leaves, in 32 counting passes."""
+def _histogram(leaves, offsets, bins, size: int, chunks, bins_at=None) -> jax.Array:
+    """int32 counts of ``bins(keys)`` (or ``bins_at(keys, flat_index)``), int32 in ``[0, size)``, over
+    all leaves, in chunks."""
+    def add(acc, key, flat_index):
+        index = bins(key) if bins_at is None else bins_at(key, flat_index)
+        # Indices whose type carries a sharded spec (explicit sharding) need the output sharding:
+        # replicated, i.e. a histogram per shard and one all-reduce of the bins.
+        sharding = getattr(jax.typeof(index), "sharding", None)
+        mesh = getattr(sharding, "mesh", None)
+        out = None
+        if mesh is not None and not mesh.empty and any(a is not None for a in sharding.spec):
+            out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        return acc.at[index].add(1, mode="promise_in_bounds", out_sharding=out)
 
-    def step(i, t):
-        candidate = t | (jnp.uint32(1) << (jnp.uint32(_BITS - 1) - i.astype(jnp.uint32)))
-        enough = _count(leaves, offsets, lambda key, _: key >= candidate, chunks) >= k
-        return jnp.where(enough, candidate, t)
-
-    return jax.lax.fori_loop(0, _BITS, step, jnp.uint32(0))
+    return _fold(leaves, offsets, add, jnp.zeros(size, jnp.int32), chunks)
 
 
-def _tie_cut(leaves, offsets, t, need, chunks) -> jax.Array:
+def _top_bin(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The largest bin ``b`` with ``count(bin >= b) >= k`` (``size - 1`` when ``k <= 0``), and
+    ``count(bin > b)`` and ``count(bin == b)``."""
+    size = hist.shape[0]
+    at_least = jnp.cumsum(hist[::-1])[::-1]  # at_least[b] = count(bin >= b)
+    b = jnp.maximum(jnp.sum(at_least >= k, dtype=jnp.int32) - 1, 0)
+    above = jnp.where(b + 1 < size, at_least[jnp.minimum(b + 1, size - 1)], 0)
+    return b, above, hist[b]
+
+
+def _kth_largest_key(leaves, offsets, k, chunks) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The largest key ``t`` with ``count(keys >= t) >= k`` over all leaves, ``count(keys > t)`` and
+    ``count(keys == t)``, from two 16-bit histogram passes.
+
+    The first pass counts the keys' high 16 bits (65536 int32 bins, summed over leaves) and picks the
+    high half ``b`` of ``t`` from the cumulative counts from the top; the second counts the low 16
+    bits of the keys whose high half is ``b`` (the others go to an extra bin, dropped) and picks the
+    low half with the rank left, ``k - count(high > b)``.
+    """
+    high = _histogram(leaves, offsets, lambda key: (key >> 16).astype(jnp.int32), 1 << 16, chunks)
+    b, above_b, _ = _top_bin(high, k)
+
+    def low_bin(key):
+        in_b = (key >> 16).astype(jnp.int32) == b
+        return jnp.where(in_b, (key & 0xFFFF).astype(jnp.int32), 1 << 16)
+
+    low = _histogram(leaves, offsets, low_bin, (1 << 16) + 1, chunks)[:1 << 16]
+    c, above_c, ties = _top_bin(low, k - above_b)
+    t = (b.astype(jnp.uint32) << 16) | c.astype(jnp.uint32)
+    return t, above_b + above_c, ties
+
+
+def _tie_cut(leaves, offsets, t, need, ties, chunks) -> jax.Array:
     """Global flat index ``p`` such that the keys equal to ``t`` before ``p`` number exactly ``need``.
 
-    When there are no more than ``need`` such keys, ``p`` is the total size (all are kept). Otherwise
-    ``p`` is the smallest index with ``count(key == t and index < p) >= need``, found by a bisection
-    on the global flat index (leaf offset + index in the leaf); the leaves are never concatenated,
-    so they may be sharded differently and no copy of their size is made.
+    ``ties`` is the number of keys equal to ``t``. When it is no more than ``need``, ``p`` is the
+    total size (all are kept). Otherwise ``p`` is one past the global flat index (leaf offset +
+    index in the leaf) of the ``need``-th key equal to ``t`` (0 when ``need`` is 0), found like
+    ``t`` by two histogram passes, over the flat indices of the tied keys: the high bits of the
+    index (at most 65536 bins) pick the block holding it, then a histogram of the low bits within
+    that block its position. The leaves are never concatenated, so they may be sharded
+    differently and no copy of their size is made.
     """
     n = offsets[-1] + leaves[-1].size
+    shift = max(0, int(n - 1).bit_length() - 16)  # high bins: ceil(n / 2^shift) <= 65536
 
-    def bisect(_):
-        def step(_, bounds):
-            lo, hi = bounds
-            mid = lo + ((hi - lo) >> 1)
-            enough = _count(leaves, offsets, lambda key, index: (key == t) & (index < mid),
-                            chunks) >= need
-            return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+    def first_reaching(hist, r):
+        """The first bin at which the count from the bottom reaches ``r``, and the count before it."""
+        cum = jnp.cumsum(hist)
+        b = jnp.minimum(jnp.sum(cum < r, dtype=jnp.int32), hist.shape[0] - 1)
+        return b, cum[b] - hist[b]
 
-        steps = max(1, int(np.ceil(np.log2(n + 1))) + 1)
-        return jax.lax.fori_loop(0, steps, step, (jnp.int32(0), jnp.int32(n)))[1]
+    def locate(_):
+        blocks = ((n - 1) >> shift) + 1
+        high = _histogram(leaves, offsets, None, blocks, chunks,
+                          lambda key, index: jnp.where(key == t, index >> shift, blocks))
+        block, before = first_reaching(high[:blocks], need)
+        low = _histogram(leaves, offsets, None, (1 << shift) + 1, chunks,
+                         lambda key, index: jnp.where((key == t) & ((index >> shift) == block),
+                                                      index & ((1 << shift) - 1), 1 << shift))
+        position, _ = first_reaching(low[:1 << shift], need - before)
+        return jnp.where(need > 0, (block << shift) + position + 1, 0)
 
-    ties = _count(leaves, offsets, lambda key, _: key == t, chunks)
-    return jax.lax.cond(ties > need, bisect, lambda _: jnp.int32(n), None)
+    return jax.lax.cond(ties > need, locate, lambda _: jnp.int32(n), None)
 
 
 @functools.partial(jax.jit, static_argnames="chunks")  # Compiled once per shapes (k is traced).
@@ -153,9 +209,8 @@ def _select(leaves: list[jax.Array], k: jax.Array, chunks: tuple[int, ...]) -> l
         raise ValueError("top-k over 2^31 or more scores is not supported (int32 flat indices)")
     k = jnp.asarray(k, jnp.int32)
     offsets = [int(o) for o in np.cumsum([0] + [leaf.size for leaf in leaves[:-1]])]
-    t = _kth_largest_key(leaves, offsets, k, chunks)
-    need = k - _count(leaves, offsets, lambda key, _: key > t, chunks)
-    p = _tie_cut(leaves, offsets, t, need, chunks)
+    t, above, ties = _kth_largest_key(leaves, offsets, k, chunks)
+    p = _tie_cut(leaves, offsets, t, k - above, ties, chunks)
     out = []
     for leaf, offset in zip(leaves, offsets):
         # One elementwise pass per leaf, written straight into the output mask.
