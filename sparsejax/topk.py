@@ -26,10 +26,9 @@ at 10M before chunking). So each pass reads a leaf in chunks of ``_CHUNK`` (2^18
 by chunk into the histogram: the keys and bin indices are at most a chunk long (1 MiB each), and
 each histogram is 256 KiB. Measured by ``benchmarks/topk.py`` on one CPU device, as the
 peak resident memory of one run beyond the scores (the output mask included; benchmarks/RESULTS.md):
-0.26x the float32 scores at 10M and 0.25x at 100M, i.e. the bool output mask (N bytes) plus a few
-MiB; 0.75x (3 MiB) at 1M; 0.44x for the 21 leaves of a global ResNet-18 (11.2M) (measured with the
-earlier bisection method, whose chunked temporaries were the same size). JaxPruner's argsort
-measures ~10x.
+0.30x the float32 scores at 10M, i.e. the bool output mask (N bytes) plus a few MiB; 1.1x (4 MiB)
+at 1M; 0.33x for the 21 leaves of a global ResNet-18 (11.2M); 0.25x at 100M with the earlier
+bisection method, whose chunked temporaries were the same size. JaxPruner's argsort measures ~10x.
 
 Exception: a leaf that may be split over several devices is counted whole, since dynamic slices of
 it would make XLA gather it onto every device; it then has the full-size temporaries above (~3x,
