@@ -38,7 +38,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 def multi_host() -> bool:
     """Whether this run is one process of several (flags, or a cluster environment JAX detects)."""
     return bool(FLAGS.coordinator_address or FLAGS.num_processes or
-                os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES"))
+                os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES")
+                or int(os.environ.get("SLURM_NTASKS", "1")) > 1)
 
 
 def main(argv: list[str]) -> None:

@@ -72,7 +72,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[
                         "final_test_accuracy": summary["final_test_accuracy"],
                         "mask_file": str(rdir / MASK_FILE) if r else None})
         if jax.process_index() == 0:
-            train._write_atomic(workdir / "lottery.json", json.dumps(records, indent=2))
+            train.write_atomic(workdir / "lottery.json", json.dumps(records, indent=2))
         if r == lt.rounds:
             break
         params = _read(rdir / train.FINAL_VARIABLES)["params"]

@@ -45,7 +45,8 @@ class TrainError(ValueError):
 # --------------------------------------------------------------------------------------- workdir
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename: never half-written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
@@ -72,7 +73,7 @@ def _prepare_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict) -
                              f"(differs in {', '.join(keys[:5])}); use another --workdir or "
                              "delete that one")
     elif jax.process_index() == 0:
-        _write_atomic(saved, json.dumps(current, indent=2, sort_keys=True))
+        write_atomic(saved, json.dumps(current, indent=2, sort_keys=True))
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -287,7 +288,7 @@ class MetricWriter:
         if self.path.exists():  # drop what a killed run logged after its last checkpoint
             kept = [line for line in self.path.read_text().splitlines()
                     if _logged_step(line) <= resume_step]
-            _write_atomic(self.path, "".join(line + "\n" for line in kept))
+            write_atomic(self.path, "".join(line + "\n" for line in kept))
         from tensorboardX import SummaryWriter
         self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
@@ -375,7 +376,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     dummy = jnp.zeros((1, *ds.image_shape), jnp.float32)
     init_kwargs = {"alpha": 1.0} if config.tost.ghost_skip else {}
 
-    def fresh_state():
+    def fresh_state(resuming: bool):
+        """The step-0 state, or on resume only its structure (all-True masks, no mask search)."""
         variables = init_variables(model, jax.random.key(config.seed), dummy, repl, **init_kwargs)
         if config.init.variables_file:
             variables = load_variables(config.init.variables_file, variables)
@@ -389,7 +391,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             it = iter(ds.train)
             return [next(it) for _ in range(n)]
 
-        masks = initial_masks(config, params, apply_fn, train_batches, ds.image_shape)
+        masks = (masks_lib.ones_like(params) if resuming
+                 else initial_masks(config, params, apply_fn, train_batches, ds.image_shape))
         params = masks_lib.apply(params, masks)
         tx = make_tx(masks)
         state = {"step": jnp.int32(0), "params": params, "batch_stats": batch_stats,
@@ -403,7 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
                                              enable_async_checkpointing=False, create=True))
     latest = manager.latest_step()
-    state, masks = fresh_state()
+    state, masks = fresh_state(resuming=latest is not None)
     meta = {"best_validation_accuracy": -1.0, "test_accuracy": None, "best_step": None}
     ghosted = plan.ghost_end is not None
     if latest is not None:
@@ -506,7 +509,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if jax.process_index() == 0:
         save_variables(workdir / FINAL_VARIABLES,
                        {"params": state["params"], "batch_stats": state["batch_stats"]})
-        _write_atomic(workdir / "summary.json", json.dumps(summary, indent=2))
+        write_atomic(workdir / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

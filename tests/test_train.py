@@ -175,13 +175,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="known defect: the 2-process run trains differently from "
-                   "1 process x 4 devices (first logged losses 2.534 vs 2.530, BN biases far apart "
-                   "after 40 steps); the run itself completes")
 def test_two_processes_match_one(tmp_path):
-    """The run as a 2-host job (2 devices each, gloo collectives on localhost) equals 1 host × 4."""
-    args = ["--config=configs/quickstart.py:variant=vanilla,epochs=2", *TINY[1:],
+    """The run as a 2-host job (2 devices each, gloo collectives on localhost) equals 1 host × 4.
+
+    ToST's smooth ghost Swish, as in the 8-device test: with ReLU at 90% sparsity this training is
+    chaotic, and 1 vs 4 devices in one process already end with BN biases ~70% apart after 40 steps
+    (measured), so no tolerance could tell a multi-host bug from summation order there."""
+    args = ["--config=configs/quickstart.py:variant=tost,epochs=2", *TINY[1:],
             "--config.num_epochs=2", "--config.optimizer.learning_rate=0.01"]
     single = launch(*args, f"--workdir={tmp_path / 'single'}", devices=4)
     assert single.returncode == 0, single.stderr[-3000:]
@@ -198,6 +198,7 @@ def test_two_processes_match_one(tmp_path):
     sb = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert sb["step"] == sa["step"]
     assert sb["sparsity"] == sa["sparsity"]
+    assert sb["layer_densities"] == sa["layer_densities"]
     with np.load(tmp_path / "single" / "final_variables.npz") as a, \
             np.load(tmp_path / "multi" / "final_variables.npz") as b:
         assert sorted(a.files) == sorted(b.files)
