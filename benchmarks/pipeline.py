@@ -70,36 +70,42 @@ def loop_seconds(epochs: int) -> float:
         return time.perf_counter() - start
 
 
-def device_step_seconds(ds, n: int = 20) -> tuple[float, float]:
-    """The train step's time on one batch kept on device: (``n`` steps dispatched back to back and
-    synced once, per step; median of single calls synced after each)."""
-    c = config(1)
-    model = models.build("resnet20", 10)
-    batch = jax.device_put(next(iter(ds.train)))
-    variables = model.init(jax.random.key(0), batch["image"][:1], train=False)
-    params = variables["params"]
-    m = masks.random(jax.random.key(1), params, distributions.erk(params, c.mask.sparsity))
-    inner = optax.chain(optax.add_decayed_weights(2e-4), optax.sgd(0.1, 0.9))
-    tx = train.dst.sparse_training(inner, m, method="static")
-    state = {"step": jnp.int32(0), "params": masks.apply(params, m),
-             "batch_stats": variables["batch_stats"], "opt_state": tx.init(params)}
-    state = jax.device_put(jax.tree.map(np.array, state))
-    step = jax.jit(train.make_train_step(model, tx, lambda s: {}, 0.0, "paper"), donate_argnums=0)
-    for _ in range(3):
-        state, _ = step(state, batch)
-    jax.block_until_ready(state)
-    t = time.perf_counter()
-    for _ in range(n):
-        state, _ = step(state, batch)
-    jax.block_until_ready(state)
-    back_to_back = (time.perf_counter() - t) / n
-    times = []
-    for _ in range(n):
+class DeviceStep:
+    """The jitted, donated train step on one batch kept on device, compiled and warmed up once."""
+
+    def __init__(self, ds):
+        c = config(1)
+        model = models.build("resnet20", 10)
+        self.batch = jax.device_put(next(iter(ds.train)))
+        variables = model.init(jax.random.key(0), self.batch["image"][:1], train=False)
+        params = variables["params"]
+        m = masks.random(jax.random.key(1), params, distributions.erk(params, c.mask.sparsity))
+        inner = optax.chain(optax.add_decayed_weights(2e-4), optax.sgd(0.1, 0.9))
+        tx = train.dst.sparse_training(inner, m, method="static")
+        state = {"step": jnp.int32(0), "params": masks.apply(params, m),
+                 "batch_stats": variables["batch_stats"], "opt_state": tx.init(params)}
+        self.state = jax.device_put(jax.tree.map(np.array, state))
+        self.step = jax.jit(train.make_train_step(model, tx, lambda s: {}, 0.0, "paper"),
+                            donate_argnums=0)
+        self.single_call(3)
+
+    def back_to_back(self, n: int = 20) -> float:
+        """Seconds per step of ``n`` steps dispatched back to back and synced once."""
         t = time.perf_counter()
-        state, _ = step(state, batch)
-        jax.block_until_ready(state)
-        times.append(time.perf_counter() - t)
-    return back_to_back, statistics.median(times)
+        for _ in range(n):
+            self.state, _ = self.step(self.state, self.batch)
+        jax.block_until_ready(self.state)
+        return (time.perf_counter() - t) / n
+
+    def single_call(self, n: int = 20) -> float:
+        """Median seconds of ``n`` single steps, each synced."""
+        times = []
+        for _ in range(n):
+            t = time.perf_counter()
+            self.state, _ = self.step(self.state, self.batch)
+            jax.block_until_ready(self.state)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
 
 
 def iterator_batches_per_second(ds, n: int = 200) -> float:
@@ -114,10 +120,11 @@ def iterator_batches_per_second(ds, n: int = 200) -> float:
 def main() -> None:
     register_synthetic_cifar()
     ds = data_lib.load(NAME, batch_size=128, seed=0)
-    device_before, single_call = device_step_seconds(ds)
+    timer = DeviceStep(ds)
+    device_before, single_call = timer.back_to_back(), timer.single_call()
     short = loop_seconds(EPOCHS_SHORT)
     long = loop_seconds(EPOCHS_LONG)
-    device_after, _ = device_step_seconds(ds)
+    device_after = timer.back_to_back()
     device = (device_before + device_after) / 2
     loop = (long - short) / ((EPOCHS_LONG - EPOCHS_SHORT) * ds.steps_per_epoch)
     feed = iterator_batches_per_second(ds)
