@@ -5,10 +5,9 @@ inside the jitted train step and fed to the model as ``alpha=`` / ``beta=`` call
 
 The ghost phase ends at ``end_step`` (by default the first learning-rate boundary,
 `ghost_end_step`): from that step on α is exactly 0.0 and β is +inf, which `sparsejax.nn.pswish`
-computes as exactly ReLU, so the model at ``end_step`` already is the original network. The train
-loop learns that the phase is over from `ghost_phase_over` (a host-side check on the step counter)
-and may then switch to the plain model given by `sparsejax.models.remove_ghosts`, which computes the
-same function without the ghost work.
+computes as exactly ReLU, so the model at ``end_step`` already is the original network. From that
+step on the train loop may switch to the plain model given by `sparsejax.models.remove_ghosts`,
+which computes the same function without the ghost work.
 
 The paper's ablations are schedule options:
 - gradual removal right before the first lr decay (paper default): ``ghost_end_step(boundaries)``;
@@ -23,7 +22,6 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
-import jax
 import optax
 
 ALPHA_SHAPES: tuple[str, ...] = ("linear", "cosine", "step")
@@ -65,12 +63,6 @@ def ghost_end_step(lr_boundaries: Iterable[int], removal: str = "first_decay") -
                          f"decay, but lr_boundaries {boundaries} has one; pass end_step yourself "
                          "instead")
     return boundaries[1]
-
-
-def ghost_phase_over(step: int | jax.Array, end_step: int | None) -> bool | jax.Array:
-    """True from ``end_step`` on (α = 0, ReLU): the train loop may switch to the plain model."""
-    _check_end_step(end_step)
-    return False if end_step is None else step >= end_step
 
 
 def _until(end_step: int, schedule: optax.Schedule, final: float) -> optax.Schedule:

@@ -2,8 +2,13 @@
 
 import os
 
+# XLA:CPU ends the process when a collective's rendezvous waits longer than
+# xla_cpu_collective_call_terminate_timeout_seconds (default 40 s) for the other devices' threads,
+# which a loaded machine can exceed; 600 s leaves room. (jaxlib 0.10.2 accepts the flag; an older
+# jaxlib that does not know it aborts at start. xla_cpu_collective_timeout_seconds is already 1800 s.)
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    " --xla_cpu_collective_call_terminate_timeout_seconds=600"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compiled steps are reused across tests and the launcher subprocesses (same results, less waiting).

@@ -8,7 +8,7 @@ import pytest
 
 import sparsejax
 from sparsejax import masks as masks_lib
-from sparsejax.dst import schedules
+from sparsejax.dst import timing
 
 STEPS, UPDATE_EVERY, END_STEP = 1000, 10, 800
 
@@ -101,7 +101,7 @@ def test_invariants_over_1000_steps(method, inner):
     for m, m0 in zip(flat, previous):
         full = np.concatenate([m0, m])
         changed |= (full[1:] != full[:-1]).reshape(STEPS, -1).any(1)
-    allowed = np.array([bool(schedules.is_update_step(t, 0, END_STEP, UPDATE_EVERY))
+    allowed = np.array([bool(timing.is_update_step(t, 0, END_STEP, UPDATE_EVERY))
                         for t in range(STEPS)])
     assert not (changed & ~allowed).any()
     expected_updates = int(allowed.sum()) if method != "static" else 0

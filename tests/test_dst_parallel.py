@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,19 +50,16 @@ def _run(step, params, state, place=lambda x: x):
 
 def _assert_same(reference, got):
     (ref_params, ref_masks), (params, masks) = reference, got
-    for r, m in zip(jax.tree.leaves(ref_masks), jax.tree.leaves(masks)):
-        np.testing.assert_array_equal(np.asarray(m), np.asarray(r))
-    for r, p in zip(jax.tree.leaves(ref_params), jax.tree.leaves(params)):
-        np.testing.assert_allclose(np.asarray(p), np.asarray(r), rtol=1e-4, atol=1e-5)
+    chex.assert_trees_all_equal(masks, ref_masks)
+    chex.assert_trees_all_close(params, ref_params, rtol=1e-4, atol=1e-5)
 
 
 def _per_device(tree):
     """Every device's copy of a replicated pmap output, which must all be identical."""
-    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
-    for leaf in leaves:
-        for d in range(1, DEVICES):
-            np.testing.assert_array_equal(leaf[d], leaf[0])
-    return jax.tree.unflatten(jax.tree.structure(tree), [leaf[0] for leaf in leaves])
+    tree = jax.tree.map(np.asarray, tree)
+    copies = [jax.tree.map(lambda x: x[d], tree) for d in range(DEVICES)]
+    chex.assert_trees_all_equal(*copies)
+    return copies[0]
 
 
 @pytest.mark.parametrize("method", ["rigl", pytest.param("ggr", marks=pytest.mark.slow),

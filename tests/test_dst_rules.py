@@ -1,5 +1,6 @@
-"""DST rules on tiny examples worked out by hand, the drop schedules, and bad input."""
+"""DST rules on tiny examples worked out by hand, the report, the drop schedules, and bad input."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,7 @@ import optax
 import pytest
 
 import sparsejax
-from sparsejax.dst import dsr, report, schedules
+from sparsejax.dst import METHODS, RULES, dsr, report, timing
 
 B = np.bool_
 
@@ -39,9 +40,7 @@ def _masks(a, b):
 
 
 def _assert_masks(state, a, b):
-    got = sparsejax.get_masks(state)
-    np.testing.assert_array_equal(got["a"]["kernel"], np.asarray(a, B))
-    np.testing.assert_array_equal(got["b"]["kernel"], np.asarray(b, B))
+    chex.assert_trees_all_equal(sparsejax.get_masks(state), _masks(a, b))
 
 
 def test_static_never_changes_the_mask():
@@ -70,6 +69,37 @@ def test_rigl_drops_smallest_and_grows_largest_gradient():
     assert metrics["grown/b/kernel"] == 1 and metrics["dropped/b/kernel"] == 1
     assert metrics["mask_updates"] == 1 and metrics["mask_updated"] == 1
     assert metrics["density/a/kernel"] == pytest.approx(4 / 6)
+
+
+def test_report_after_steps_with_and_without_a_mask_update():
+    # The RigL example above (only step 1 rewires) plus a dense bias that is not rewired: sparsity
+    # is over the kernels, 1 - (4 + 2) / (6 + 4) = 0.4 (over all params it would be 1 - 9 / 13).
+    params = {**_tree([[0.9, -0.1, 0.5, 0.0, 0.3, 0.0]], [[0.2, -0.4, 0.0, 0.0]]),
+              "c": {"bias": jnp.ones(3)}}
+    masks = {**_masks([[1, 1, 1, 0, 1, 0]], [[1, 1, 0, 0]]), "c": {"bias": jnp.ones(3, bool)}}
+    grads = {**_tree([[0.0, 2.0, 0.0, 1.0, 0.5, -3.0]], [[0.0, 0.0, 0.1, -0.2]]),
+             "c": {"bias": jnp.zeros(3)}}
+    tx = sparsejax.sparse_training(optax.sgd(0.0), masks, method="rigl", update_every=1,
+                                   start_step=1, end_step=2, drop_fraction=0.5,
+                                   drop_schedule="constant")
+
+    @jax.jit
+    def reports(params):
+        state, zeros, out = tx.init(params), jax.tree.map(jnp.zeros_like, params), []
+        for g in (zeros, grads, zeros):
+            updates, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+            out.append(report(state))
+        return out
+
+    density = {"density/a/kernel": 4 / 6, "density/b/kernel": 2 / 4, "sparsity": 0.4}
+    none = {"grown/a/kernel": 0, "dropped/a/kernel": 0, "grown/b/kernel": 0, "dropped/b/kernel": 0}
+    one = {"grown/a/kernel": 1, "dropped/a/kernel": 1, "grown/b/kernel": 1, "dropped/b/kernel": 1}
+    expected = [{**density, **none, "mask_updates": 0, "mask_updated": 0},  # step 0: no update
+                {**density, **one, "mask_updates": 1, "mask_updated": 1},   # step 1: update
+                {**density, **one, "mask_updates": 1, "mask_updated": 0}]   # step 2: last is kept
+    got = [{name: float(value) for name, value in r.items()} for r in reports(params)]
+    assert got == [pytest.approx(e, rel=1e-6) for e in expected]
 
 
 def test_set_drops_smallest_and_grows_at_random_among_not_kept():
@@ -127,6 +157,23 @@ def test_ggr_gives_weights_to_the_layer_whose_gradients_dominate():
     assert sum(c for c, _ in after.values()) == sum(c for c, _ in before.values())
 
 
+@pytest.mark.parametrize("fraction", [1.0, 0.0])
+def test_ggr_grow_gradient_fraction_is_forwarded(fraction):
+    # One layer: weights 1..16 kept at 0..15, f = .25 drops 4 (positions 0..3); |g| = 1..16 at the
+    # not-kept 16..31. Fraction 1 grows all 4 at the largest |g| (28..31); fraction 0 grows 4 at
+    # random among the 20 not kept, here not those 4.
+    weights = np.concatenate([np.arange(1.0, 17.0), np.zeros(16)])
+    params = {"a": {"kernel": jnp.asarray(weights[None], jnp.float32)}}
+    masks = {"a": {"kernel": jnp.asarray(np.arange(32) < 16)[None]}}
+    grads = {"a": {"kernel": jnp.asarray(np.concatenate([np.zeros(16), np.arange(1.0, 17.0)])[None],
+                                         jnp.float32)}}
+    _, state = _one_update("ggr", params, masks, grads, 0.25, grow_gradient_fraction=fraction)
+    got = np.asarray(sparsejax.get_masks(state)["a"]["kernel"][0])
+    by_gradient = (np.arange(32) >= 4) & ((np.arange(32) < 16) | (np.arange(32) >= 28))
+    assert got.sum() == 16 and got[4:16].all()
+    assert (got == by_gradient).all() == (fraction == 1.0)
+
+
 def test_dsr_shares_add_up_and_respect_room():
     # Cumulative rounding of 10 · [1, 2, 4] / 4 = [2.5, 5, 10] -> [2, 5, 10] -> shares [2, 3, 5].
     shares = dsr.shares(jnp.int32(10), jnp.array([1, 1, 2]), jnp.array([100, 100, 100]))
@@ -137,22 +184,26 @@ def test_dsr_shares_add_up_and_respect_room():
 
 
 def test_drop_fraction_schedules():
-    cosine = schedules.drop_fraction_schedule("cosine", 0.3, 100, 1100)
+    cosine = timing.drop_fraction_schedule("cosine", 0.3, 100, 1100)
     assert float(cosine(100)) == pytest.approx(0.3)
     assert float(cosine(600)) == pytest.approx(0.15)
     assert float(cosine(1100)) == pytest.approx(0.0, abs=1e-7)
     assert float(cosine(5000)) == pytest.approx(0.0, abs=1e-7)
-    assert float(schedules.drop_fraction_schedule("constant", 0.3, 0, 10)(7)) == pytest.approx(0.3)
-    exponential = schedules.drop_fraction_schedule("exponential", 0.3, 0, 1000)
+    assert float(timing.drop_fraction_schedule("constant", 0.3, 0, 10)(7)) == pytest.approx(0.3)
+    exponential = timing.drop_fraction_schedule("exponential", 0.3, 0, 1000)
     assert float(exponential(500)) == pytest.approx(0.03)
     assert float(exponential(2000)) == pytest.approx(0.003)
 
 
 def test_update_steps():
-    steps = [t for t in range(0, 40) if schedules.is_update_step(t, 0, 30, 10)]
+    steps = [t for t in range(0, 40) if timing.is_update_step(t, 0, 30, 10)]
     assert steps == [10, 20]
-    steps = [t for t in range(0, 40) if schedules.is_update_step(t, 5, 26, 10)]
+    steps = [t for t in range(0, 40) if timing.is_update_step(t, 5, 26, 10)]
     assert steps == [5, 15, 25]
+
+
+def test_methods_are_the_rules_registry():
+    assert METHODS == tuple(RULES) == ("static", "set", "rigl", "dsr", "ggr")
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -162,6 +213,10 @@ def test_update_steps():
     (dict(method="set", drop_fraction=-0.1), "drop_fraction"),
     (dict(method="set", update_every=0), "update_every"),
     (dict(method="ggr", grow_gradient_fraction=2.0), "grow_gradient_fraction"),
+    (dict(method="rigl", grow_gradient_fraction=0.5),
+     r"rigl takes no option 'grow_gradient_fraction' \(its options: none\)"),
+    (dict(method="ggr", drop_rate=0.1),
+     r"ggr takes no option 'drop_rate' \(its options: grow_gradient_fraction\)"),
     (dict(method="set", start_step=50, end_step=10), "end_step"),
     (dict(method="rigl", end_step=None), "end_step is required"),
 ])

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from sparsejax.nn import pswish, relu
-from sparsejax.schedules import (ALPHA_SHAPES, BETA_SHAPES, ghost_alpha, ghost_beta, ghost_end_step,
-                                 ghost_phase_over)
+from sparsejax.schedules import ALPHA_SHAPES, BETA_SHAPES, ghost_alpha, ghost_beta, ghost_end_step
 
 END = 90
 STEPS = jnp.arange(0, 2 * END)
@@ -49,6 +48,13 @@ def test_beta_grows_from_beta0_to_beta_max_then_is_exact_relu(shape):
     np.testing.assert_array_equal(pswish(x, beta[END]), relu(x))
 
 
+@pytest.mark.parametrize("shape, midpoint", [("linear", (1.0 + 8.0) / 2),
+                                             ("exponential", math.sqrt(1.0 * 8.0))])
+def test_beta_midpoint(shape, midpoint):
+    # Halfway to end_step: the arithmetic mean of β0 and β_max (linear), the geometric (exponential).
+    assert _values(ghost_beta(1.0, 8.0, END, shape))[END // 2] == pytest.approx(midpoint, rel=1e-5)
+
+
 def test_beta_exponential_is_geometric():
     beta = _values(ghost_beta(1.0, 8.0, END, "exponential"))
     np.testing.assert_allclose(beta[:END], 8.0 ** (np.arange(END) / END), rtol=1e-5)
@@ -63,14 +69,11 @@ def test_keep_forever():
     assert ghost_end_step([90, 135], "never") is None
     assert np.all(_values(ghost_alpha(None)) == 1.0)
     assert np.all(_values(ghost_beta(1.0, 1.0, None)) == 1.0)
-    assert ghost_phase_over(10**9, None) is False
 
 
 def test_end_step_from_lr_boundaries():
     assert ghost_end_step([135, 90]) == 90  # right before the first decay (paper)
     assert ghost_end_step([90, 135], "after_first_decay") == 135  # ablation: removed late
-    assert ghost_phase_over(89, 90) is False and ghost_phase_over(90, 90) is True
-    assert bool(jax.jit(ghost_phase_over, static_argnums=1)(jnp.int32(90), 90))
 
 
 @pytest.mark.parametrize("call,match", [
@@ -89,7 +92,6 @@ def test_end_step_from_lr_boundaries():
     (lambda: ghost_end_step([0, 90]), "positive int steps"),
     (lambda: ghost_end_step([90], "after_first_decay"), "pass end_step yourself"),
     (lambda: ghost_end_step([90], "late"), "unknown removal 'late'"),
-    (lambda: ghost_phase_over(5, 0), "end_step must be a positive int"),
 ])
 def test_bad_bounds_are_value_errors(call, match):
     with pytest.raises(ValueError, match=match):

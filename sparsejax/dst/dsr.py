@@ -64,4 +64,6 @@ def rewire(r: Rewiring) -> tuple[Layers, Any]:
     return new, threshold
 
 
-RULE = Rule(rewire=rewire, init_state=lambda: jnp.float32(INITIAL_THRESHOLD))
+def rule() -> Rule:
+    """DSR's rule; it takes no options."""
+    return Rule(rewire=rewire, init_state=lambda: jnp.float32(INITIAL_THRESHOLD))

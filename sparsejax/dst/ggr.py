@@ -46,6 +46,12 @@ def rewire(r: Rewiring, grow_gradient_fraction: float) -> tuple[Layers, Any]:
 
 
 def rule(grow_gradient_fraction: float = 0.5) -> Rule:
-    """GGR with the given share of each layer's quota placed at the largest gradients."""
+    """GGR with the given share of each layer's quota placed at the largest gradients.
+
+    ``grow_gradient_fraction`` must lie in [0, 1] (``ValueError`` otherwise); 1 is RigL-like growth
+    only, 0 SET-like random growth only.
+    """
+    if not 0.0 <= grow_gradient_fraction <= 1.0:
+        raise ValueError(f"grow_gradient_fraction is {grow_gradient_fraction}; it must lie in [0, 1]")
     return Rule(rewire=functools.partial(rewire, grow_gradient_fraction=grow_gradient_fraction),
                 new_weight_init=NEW_WEIGHT_INIT)

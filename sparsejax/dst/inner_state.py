@@ -1,14 +1,17 @@
 """The parts of an inner optimizer's state that mirror the params, and resetting them (RigL).
 
-Optimizers keep per-weight state in subtrees with exactly the params' tree structure and shapes
-(SGD's momentum trace, Adam's mu and nu, Lion's mu, ...), at any depth of their state (inside
-``optax.chain``, ``optax.inject_hyperparams``, ...). Those subtrees are found by walking the state;
-a leaf shaped like a param that lives anywhere else cannot be reset safely and is refused.
+Optimizers keep per-weight state in subtrees with the params' structure (SGD's momentum trace, Adam's
+mu and nu, Lion's mu, ...), at any depth of their state (inside ``optax.chain``,
+``optax.inject_hyperparams``, ...). ``optax.tree_map_params`` finds them: it runs the optimizer's
+``init`` on a placeholder for the params and maps over the subtrees where the placeholder ends up. A
+leaf shaped like a prunable param anywhere else cannot be reset safely and is refused. Such a subtree
+may hold leaves of other shapes (Adafactor's factored row and column statistics); those are not
+per-weight and are left as they are.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,37 +19,29 @@ import numpy as np
 import optax
 
 
-def _mirror_test(params: Any) -> Callable[[Any], bool]:
-    leaves, treedef = jax.tree.flatten(params)
-    shapes = [np.shape(leaf) for leaf in leaves]
-
-    def is_mirror(node: Any) -> bool:
-        node_leaves, node_def = jax.tree.flatten(node)
-        return node_def == treedef and [np.shape(leaf) for leaf in node_leaves] == shapes
-
-    return is_mirror
-
-
-def check_resettable(inner_state: optax.OptState, params: Any, prunable: dict[str, Any]) -> None:
-    """Raises ``ValueError`` if a state leaf shaped like a prunable param is outside a mirror subtree."""
-    is_mirror = _mirror_test(params)
+def check_resettable(inner: optax.GradientTransformation, inner_state: optax.OptState,
+                     prunable: dict[str, Any]) -> None:
+    """Raises ``ValueError`` if a leaf shaped like a prunable param is outside the params subtrees."""
     shapes = {np.shape(p) for p in prunable.values()}
-    for path, node in jax.tree_util.tree_flatten_with_path(inner_state, is_leaf=is_mirror)[0]:
-        if not is_mirror(node) and np.shape(node) in shapes:
-            raise ValueError(
-                f"the inner optimizer's state has a leaf of shape {np.shape(node)} at "
-                f"{jax.tree_util.keystr(path)} that looks per-weight but is not in a subtree with "
-                f"the params' structure, so RigL cannot reset it for grown weights; use an "
-                f"optimizer whose per-weight state mirrors the params (SGD, Adam, Lion, ...)")
+
+    def shape_if_per_weight(leaf: Any) -> str | None:
+        return str(np.shape(leaf)) if np.shape(leaf) in shapes else None
+
+    found = jax.tree_util.tree_flatten_with_path(optax.tree_map_params(
+        inner.init, lambda _: None, inner_state, transform_non_params=shape_if_per_weight))[0]
+    if found:
+        path, shape = found[0]
+        raise ValueError(
+            f"the inner optimizer's state has a leaf of shape {shape} at "
+            f"{jax.tree_util.keystr(path)} that looks per-weight but is not in a subtree with the "
+            f"params' structure, so RigL cannot reset it for grown weights; use an optimizer whose "
+            f"per-weight state mirrors the params (SGD, Adam, Lion, ...)")
 
 
-def reset(inner_state: optax.OptState, params: Any, grown: Any) -> optax.OptState:
-    """Zeroes every params-mirroring subtree of ``inner_state`` where ``grown`` (params' tree) is True."""
-    is_mirror = _mirror_test(params)
+def reset(inner: optax.GradientTransformation, inner_state: optax.OptState, grown: Any
+          ) -> optax.OptState:
+    """Zeroes every params subtree of ``inner_state`` where ``grown`` (params' tree) is True."""
+    def zero_grown(leaf: jax.Array, g: jax.Array) -> jax.Array:
+        return jnp.where(g, jnp.zeros_like(leaf), leaf) if np.shape(leaf) == np.shape(g) else leaf
 
-    def zero_grown(node: Any) -> Any:
-        if not is_mirror(node):
-            return node
-        return jax.tree.map(lambda leaf, g: jnp.where(g, jnp.zeros_like(leaf), leaf), node, grown)
-
-    return jax.tree.map(zero_grown, inner_state, is_leaf=is_mirror)
+    return optax.tree_map_params(inner.init, zero_grown, inner_state, grown)

@@ -24,4 +24,6 @@ def rewire(r: Rewiring) -> tuple[Layers, Any]:
     return new, r.state
 
 
-RULE = Rule(rewire=rewire, skips_update=True, resets_optimizer_state=True)
+def rule() -> Rule:
+    """RigL's rule; it takes no options."""
+    return Rule(rewire=rewire, skips_update=True, resets_optimizer_state=True)

@@ -22,4 +22,6 @@ def rewire(r: Rewiring) -> tuple[Layers, Any]:
     return new, r.state
 
 
-RULE = Rule(rewire=rewire)
+def rule() -> Rule:
+    """SET's rule; it takes no options."""
+    return Rule(rewire=rewire)

@@ -3,16 +3,18 @@
 Every step: the gradients are averaged over ``axis_name`` (if given), masked, and passed to the inner
 optimizer; the returned updates set every pruned weight to exactly 0 after ``optax.apply_updates``
 (``p + (-p) == 0`` exactly), whatever the inner optimizer does. On mask-update steps
-(``sparsejax.dst.schedules``), inside ``jax.lax.cond``, the rule (static, SET, RigL, DSR, GGR; one
-module each) drops and grows connections using the dense gradient, and a grown weight is set to
-exactly its initial value. The state holds the masks, the step count, the RNG key (identical on every
-device), the inner state, the rule's own state, and what the last mask update changed.
+(``sparsejax.dst.timing``), inside ``jax.lax.cond``, the rule (static, SET, RigL, DSR, GGR; one
+module each, built by ``RULES[method](**options)``) drops and grows connections using the dense
+gradient, and a grown weight is set to exactly its initial value. The state holds the masks, the step
+count, the RNG key (identical on every device), the inner state, the rule's own state, and what the
+last mask update changed.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +25,13 @@ from sparsejax import paths
 from sparsejax.dst import dsr, ggr, rigl, set as set_rule, static
 from sparsejax.dst.inner_state import check_resettable, reset
 from sparsejax.dst.rewiring import Rewiring, Rule, active, update_seed
-from sparsejax.dst.schedules import drop_fraction_schedule, is_update_step
+from sparsejax.dst.timing import drop_fraction_schedule, is_update_step
 
-METHODS = ("static", "set", "rigl", "dsr", "ggr")
+# The rule builders by method name: ``RULES[method](**options) -> Rule``.
+RULES: dict[str, Callable[..., Rule]] = {
+    "static": static.rule, "set": set_rule.rule, "rigl": rigl.rule, "dsr": dsr.rule,
+    "ggr": ggr.rule}
+METHODS = tuple(RULES)
 
 
 class SparseTrainingState(NamedTuple):
@@ -42,20 +48,22 @@ class SparseTrainingState(NamedTuple):
     dropped: dict[str, jax.Array]   # int32 per layer: connections dropped at the last mask update
 
 
-def _rule(method: str, grow_gradient_fraction: float) -> Rule:
-    rules = {"static": static.RULE, "set": set_rule.RULE, "rigl": rigl.RULE, "dsr": dsr.RULE}
-    return ggr.rule(grow_gradient_fraction) if method == "ggr" else rules[method]
+def _rule(method: str, options: dict[str, Any]) -> Rule:
+    """``RULES[method](**options)``; ``ValueError`` for an unknown method or option."""
+    if method not in RULES:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    takes = list(inspect.signature(RULES[method]).parameters)
+    for name in options:
+        if name not in takes:
+            raise ValueError(f"{method} takes no option {name!r} (its options: "
+                             f"{', '.join(takes) or 'none'})")
+    return RULES[method](**options)
 
 
 def _check_arguments(method: str, update_every: int, start_step: int, end_step: int | None,
-                     drop_fraction: float, grow_gradient_fraction: float,
-                     new_weight_init: float | None) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+                     drop_fraction: float, new_weight_init: float | None) -> None:
     if not 0.0 <= drop_fraction <= 1.0:
         raise ValueError(f"drop_fraction is {drop_fraction}; it must lie in [0, 1]")
-    if not 0.0 <= grow_gradient_fraction <= 1.0:
-        raise ValueError(f"grow_gradient_fraction is {grow_gradient_fraction}; it must lie in [0, 1]")
     if int(update_every) != update_every or update_every <= 0:
         raise ValueError(f"update_every is {update_every}; it must be a positive integer")
     if start_step < 0:
@@ -87,21 +95,21 @@ def _masked_updates(params: Any, updates: Any, masks: Any, born: Any, init_value
 def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: str,
                     update_every: int = 100, start_step: int = 0, end_step: int | None = None,
                     drop_fraction: float = 0.3, drop_schedule: str = "cosine",
-                    grow_gradient_fraction: float = 0.5, new_weight_init: float | None = None,
-                    axis_name: str | None = None, filter_fn: paths.FilterFn | None = None,
-                    seed: int = 0) -> optax.GradientTransformationExtraArgs:
+                    new_weight_init: float | None = None, axis_name: str | None = None,
+                    filter_fn: paths.FilterFn | None = None, seed: int = 0,
+                    **rule_options: Any) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` so that training keeps ``masks`` and rewires them by ``method``.
 
     Args:
       inner: any optax optimizer; it receives the masked gradients.
       masks: bool pytree with the params' structure (True = kept), checked against params at init.
-      method: "static", "set", "rigl", "dsr" or "ggr" (one module each in ``sparsejax.dst``).
+      method: a key of ``RULES``: "static", "set", "rigl", "dsr" or "ggr" (one module each in
+        ``sparsejax.dst``).
       update_every, start_step, end_step: the mask may change at steps ``t > 0`` with
         ``start_step <= t < end_step`` and ``(t - start_step) % update_every == 0`` (step t = number
         of earlier update() calls). ``end_step`` may be omitted only for "static".
       drop_fraction, drop_schedule: f0 and "constant" | "cosine" | "exponential"
-        (``sparsejax.dst.schedules``).
-      grow_gradient_fraction: GGR's share of each layer's quota grown at the largest gradients.
+        (``sparsejax.dst.timing``).
       new_weight_init: value of a grown weight; None = the rule's (0; 1e-10 for GGR).
       axis_name: inside ``pmap``/``shard_map``, the gradients are averaged over this axis first,
         for the inner optimizer and for every mask decision. (Under ``shard_map`` with its default
@@ -110,14 +118,16 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
       filter_fn: ``(path, leaf) -> bool``, the tensors that take part in rewiring; default
         ``sparsejax.paths.default_filter`` (conv and dense kernels). Other tensors keep their mask.
       seed: seed of the RNG key in the state (random growth of SET, DSR, GGR).
+      **rule_options: passed to the rule's builder ``RULES[method]``; an option it does not take is a
+        ``ValueError``. Only GGR takes one, ``grow_gradient_fraction`` (its share of each layer's
+        quota grown at the largest gradients, default 0.5).
 
     Returns an optax transformation whose updates leave pruned weights exactly 0 after
     ``optax.apply_updates``. Raises ``ValueError`` for bad arguments, and at init for masks that do
     not fit the params or (RigL) an inner state it cannot reset.
     """
-    _check_arguments(method, update_every, start_step, end_step, drop_fraction,
-                     grow_gradient_fraction, new_weight_init)
-    rule = _rule(method, grow_gradient_fraction)
+    rule = _rule(method, rule_options)
+    _check_arguments(method, update_every, start_step, end_step, drop_fraction, new_weight_init)
     init_value = rule.new_weight_init if new_weight_init is None else new_weight_init
     end_step = start_step if end_step is None else end_step
     fraction_at = drop_fraction_schedule(drop_schedule, drop_fraction, start_step, end_step)
@@ -128,7 +138,7 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
         prunable = paths.prunable(params, filter_fn)
         inner_state = inner.init(params)
         if rule.resets_optimizer_state:
-            check_resettable(inner_state, params, prunable)
+            check_resettable(inner, inner_state, prunable)
         zeros = {path: jnp.int32(0) for path in prunable}
         return SparseTrainingState(
             count=jnp.int32(0), masks=jax.tree.map(jnp.asarray, masks),
@@ -187,7 +197,7 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
         new = paths.unflatten(old, {**old_flat, **new_layers})
         born = jax.tree.map(lambda n, o: n & ~o, new, old)
         if rule.resets_optimizer_state:
-            inner_state = reset(inner_state, params, born)
+            inner_state = reset(inner, inner_state, born)
         return _masked_updates(params, updates, new, born, init_value), SparseTrainingState(
             count=optax.safe_int32_increment(state.count), masks=new, key=state.key,
             inner_state=inner_state, rule_state=rule_state,
