@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import pathlib
+import socket
 import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
+import time
 import zipfile
 
+import chex
 import numpy as np
 import pytest
 import requests
@@ -19,12 +24,31 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.core.download import checksums
 
-from sparsejax import data
+from sparsejax import data, errors
 from sparsejax.data import augment, catalog, pipeline, sources, splits
 from sparsejax.data.pipeline import Examples, Preprocessing
 
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 IDENTITY = Preprocessing(mean=(0.0,), std=(1 / 255,), pad=0, flip=False)  # normalize() returns the pixels
+
+
+def _refused(address, *args, **kwargs):
+    raise ConnectionRefusedError(f"no route to {address} in this test")
+
+
+@contextlib.contextmanager
+def _offline():
+    """No TCP connection opens through ``socket.create_connection`` (the download host probe's)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "create_connection", _refused)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def offline():
+    """Tests never probe the real download hosts: the machine is offline for them."""
+    with _offline():
+        yield
 
 
 # ----------------------------------------------------------------------------- tiny official files
@@ -51,8 +75,8 @@ def _random_images(rng: np.random.Generator, n: int, size: int = 32) -> np.ndarr
 @pytest.fixture(scope="module")
 def cifar(tmp_path_factory):
     """CIFAR-10 (100 train in 5 batches, 10 test) and CIFAR-100 (60 train, 6 test) written in the official
-    binary formats, prepared by tfds's own builders from the manual directory (as a user without internet
-    would), with the archives' checksums registered in place of the real ones."""
+    binary formats, prepared by tfds's own builders from the manual directory on a machine without internet,
+    with the archives' checksums registered in place of the real ones."""
     rng = np.random.default_rng(0)
     manual = tmp_path_factory.mktemp("manual")
     expected = {}
@@ -80,7 +104,7 @@ def cifar(tmp_path_factory):
     expected["cifar100"] = (train100, test100)
 
     data_dir = tmp_path_factory.mktemp("tfds")
-    with _registered_checksums(manual):
+    with _registered_checksums(manual), _offline():  # the archives in the manual dir are used, offline
         read = {name: sources.cifar(name, str(data_dir), str(manual)) for name in expected}
     return {"data_dir": str(data_dir), "manual_dir": str(manual), "expected": expected, "read": read}
 
@@ -209,22 +233,87 @@ def test_missing_tiny_imagenet_zip_says_where_to_put_it(tmp_path):
     with pytest.raises(data.DatasetNotFoundError, match=r"tiny-imagenet-200\.zip in .*manual_here") as error:
         data.load("tiny_imagenet", batch_size=8, seed=0, data_dir=str(tmp_path),
                   manual_dir=str(tmp_path / "manual_here"))
-    assert "\n" not in str(error.value) and isinstance(error.value, FileNotFoundError)
+    assert "\n" not in str(error.value)
+    assert isinstance(error.value, errors.UserError) and isinstance(error.value, FileNotFoundError)
+
+
+def _never_answers(release: threading.Event):
+    def connect(address, *args, **kwargs):  # a black-holed network, or a resolver that does not answer
+        release.wait(60)
+        raise TimeoutError(f"{address} did not answer")
+    return connect
+
+
+@pytest.mark.parametrize("network", ["refuses", "never answers"])
+def test_offline_cifar_fails_at_once_saying_where_to_put_the_archive(tmp_path, monkeypatch, network):
+    def download(self, urls):
+        raise AssertionError(f"tfds tried to download {urls} from an unreachable host")
+
+    monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", download)
+    release = threading.Event()
+    if network == "never answers":
+        monkeypatch.setattr(socket, "create_connection", _never_answers(release))
+        monkeypatch.setattr(sources, "REACH_TIMEOUT_SECONDS", 0.5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(data.DatasetNotFoundError) as error:
+            data.load("cifar10", batch_size=8, seed=0, data_dir=str(tmp_path), manual_dir=str(tmp_path / "by_hand"))
+    finally:
+        release.set()
+    assert time.monotonic() - start < 10
+    message = str(error.value)
+    assert "www.cs.toronto.edu:443 cannot be reached" in message and "\n" not in message
+    assert f"download {CIFAR_URL}cifar-10-binary.tar.gz elsewhere and put cifar-10-binary.tar.gz in " \
+           f"{tmp_path / 'by_hand'}" in message
+    assert "TensorFlow" not in message  # installed here
+    assert isinstance(error.value, errors.UserError)
+
+
+def test_download_host_probe_goes_through_the_environment_proxy(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert sources._first_hop(CIFAR_URL) == ("www.cs.toronto.edu", 443)
+    monkeypatch.setenv("https_proxy", "http://user:secret@proxy.example:3128")
+    assert sources._first_hop(CIFAR_URL) == ("proxy.example", 3128)
+    monkeypatch.setenv("no_proxy", ".toronto.edu")
+    assert sources._first_hop(CIFAR_URL) == ("www.cs.toronto.edu", 443)
+
+
+def test_download_host_probe_says_whether_a_connection_opens(monkeypatch):
+    opened = []
+
+    class Connection:
+        def close(self):
+            opened.append(True)
+
+    assert not sources._reachable("www.cs.toronto.edu", 443)  # offline fixture: refused
+    monkeypatch.setattr(socket, "create_connection", lambda address, timeout: Connection())
+    assert sources._reachable("www.cs.toronto.edu", 443) and opened == [True]
 
 
 def test_failed_cifar_download_says_where_to_put_the_archive(tmp_path, monkeypatch):
     def offline(self, urls):
         raise requests.exceptions.ConnectionError("no internet")
 
+    monkeypatch.setattr(sources, "_reachable", lambda host, port: True)
     monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", offline)
     with pytest.raises(data.DatasetNotFoundError, match=r"put cifar-100-binary\.tar\.gz in .*downloads/manual"):
         data.load("cifar100", batch_size=8, seed=0, data_dir=str(tmp_path))
 
 
-def test_preparing_cifar_without_tensorflow_says_to_install_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(data.DatasetNotFoundError, match="pip install tensorflow-cpu"):
-        data.load("cifar10", batch_size=8, seed=0, data_dir=str(tmp_path))
+@pytest.mark.parametrize("archive", ["in the manual dir", "missing, offline"])
+def test_preparing_cifar_without_tensorflow_names_the_extra(tmp_path, monkeypatch, archive):
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` fails, find_spec finds nothing
+    manual = tmp_path / "manual"
+    if archive == "in the manual dir":
+        manual.mkdir()
+        (manual / "cifar-10-binary.tar.gz").write_bytes(b"not read")
+    with pytest.raises(data.DatasetNotFoundError) as error:
+        data.load("cifar10", batch_size=8, seed=0, data_dir=str(tmp_path), manual_dir=str(manual))
+    message = str(error.value)
+    assert 'preparing it once needs TensorFlow (training does not): pip install "sparsejax[cifar]" ' \
+           '(from a checkout: pip install -e ".[cifar]")' in message and "\n" not in message
+    assert ("cannot be reached" in message) == (archive == "missing, offline")
 
 
 def test_cifar_prepared_as_tfrecord_asks_for_another_data_dir(cifar, tmp_path):
@@ -304,14 +393,6 @@ def _take(iterator, n: int) -> list[dict]:
     return [next(iterator) for _ in range(n)]
 
 
-def _assert_same_batches(a: list[dict], b: list[dict]) -> None:
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys()
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
-
-
 # ----------------------------------------------------------------------------- train iteration
 
 
@@ -324,7 +405,7 @@ def test_train_batches_have_the_documented_types(digits):
 
 def test_train_iteration_is_deterministic_and_seeded(digits):
     first = _take(iter(digits.train), 12)  # crosses an epoch boundary (10 steps per epoch)
-    _assert_same_batches(first, _take(iter(digits.train), 12))
+    chex.assert_trees_all_equal(first, _take(iter(digits.train), 12))
     other = data.load("digits", batch_size=128, seed=4, process_index=0, process_count=1)
     assert not np.array_equal(first[0]["label"], next(iter(other.train))["label"])
 
@@ -336,7 +417,7 @@ def test_resumed_iterator_sees_the_batches_of_an_uninterrupted_run(digits):
     expected = _take(uninterrupted, 6)
     resumed = iter(data.load("digits", batch_size=128, seed=3, process_index=0, process_count=1).train)
     resumed.set_state(state)
-    _assert_same_batches(_take(resumed, 6), expected)
+    chex.assert_trees_all_equal(_take(resumed, 6), expected)
 
 
 def _batches(examples: Examples, preprocessing: Preprocessing, process_index=0, process_count=1, seed=0):
@@ -370,7 +451,7 @@ def test_hosts_get_disjoint_slices_that_make_up_the_global_batch(preprocessing):
         parts = [host(step) for host in hosts]
         assert all(part["label"].shape == (2,) for part in parts)
         assert len(set(np.concatenate([part["label"] for part in parts]))) == 8
-        _assert_same_batches([{k: np.concatenate([p[k] for p in parts]) for k in parts[0]}], [single(step)])
+        chex.assert_trees_all_equal({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, single(step))
 
 
 def test_eval_batches_are_padded_and_masked(digits):
@@ -384,7 +465,7 @@ def test_eval_batches_are_padded_and_masked(digits):
     pixels = np.concatenate([_pixels(b, catalog.DIGITS)[b["mask"]] for b in test])
     np.testing.assert_array_equal(pixels, expected.images)
     np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in test]), expected.labels)
-    _assert_same_batches(list(digits.test), test)  # iterating again gives the same pass
+    chex.assert_trees_all_equal(list(digits.test), test)  # iterating again gives the same pass
 
 
 def test_eval_batches_per_host_cover_each_example_once():
@@ -409,6 +490,37 @@ def test_crop_and_flip_matches_pad_then_slice_then_mirror():
         expected = padded_image[row:row + 32, column:column + 32]
         np.testing.assert_array_equal(image, expected[:, ::-1] if flip else expected)
     assert 0 < choices.flips.sum() < 64 and choices.offsets.min() >= 0 and choices.offsets.max() <= 8
+
+
+def _normalised_crops(image: np.ndarray, preprocessing: Preprocessing) -> dict[tuple[int, int, bool], np.ndarray]:
+    """Every (H, W) window of ``image`` zero-padded by ``preprocessing.pad``, as is and mirrored, normalised:
+    ``{(row, column, mirrored): window}``."""
+    height, width, _ = image.shape
+    pad = preprocessing.pad
+    padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+    crops = {}
+    for row, column in itertools.product(range(2 * pad + 1), repeat=2):
+        window = padded[row:row + height, column:column + width]
+        crops[row, column, False], crops[row, column, True] = window, window[:, ::-1]
+    return {key: augment.normalize(crop, preprocessing.mean, preprocessing.std) for key, crop in crops.items()}
+
+
+def test_train_batches_are_crops_of_the_padded_images_some_shifted_some_flipped():
+    """Each train image is exactly one window of its zero-padded original, mirrored or not, normalised; over a
+    batch most are shifted and some, not all, mirrored."""
+    n, pad = 32, catalog.CIFAR.pad
+    examples = Examples(_random_images(np.random.default_rng(3), n), np.arange(n, dtype=np.int32))
+    batches = pipeline.TrainBatches(examples, n, 0, catalog.CIFAR, pipeline.host_rows(n, 0, 1))
+    batch = next(iter(pipeline.train_dataset(batches)))
+    chosen = []
+    for image, label in zip(batch["image"], batch["label"]):
+        crops = _normalised_crops(examples.images[label], catalog.CIFAR)
+        matches = [key for key, crop in crops.items() if np.array_equal(image, crop)]
+        assert len(matches) == 1, f"example {label}: {len(matches)} windows of its padded image match"
+        chosen.append(matches[0])
+    shifted = sum((row, column) != (pad, pad) for row, column, _ in chosen)
+    mirrored = sum(flip for _, _, flip in chosen)
+    assert shifted > n // 2 and 0 < mirrored < n, (shifted, mirrored)
 
 
 def test_augmentation_draws_are_uniform_and_flip_half_the_time():

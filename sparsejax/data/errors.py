@@ -1,5 +1,7 @@
 """The one error a missing dataset raises."""
 
+from sparsejax.errors import UserError
 
-class DatasetNotFoundError(FileNotFoundError):
+
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset is neither prepared nor obtainable here; the message says how to get it and where to put it."""

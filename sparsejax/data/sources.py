@@ -8,6 +8,10 @@ made later, in the same way for every dataset.
 from __future__ import annotations
 
 import importlib.util
+import socket
+import threading
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -24,6 +28,9 @@ DIGITS_TEST_SEED = 0
 
 _CIFAR_URL = "https://www.cs.toronto.edu/~kriz/"
 _CIFAR_ARCHIVES = {"cifar10": "cifar-10-binary.tar.gz", "cifar100": "cifar-100-binary.tar.gz"}
+REACH_TIMEOUT_SECONDS = 3.0  # to find the download host before downloading
+# TensorFlow prepares CIFAR (tfds's builders); it is the extra "cifar" of setup.py.
+TENSORFLOW_EXTRA = 'pip install "sparsejax[cifar]" (from a checkout: pip install -e ".[cifar]")'
 
 
 def digits() -> tuple[Examples, Examples]:
@@ -68,19 +75,54 @@ def read(builder: tfds.core.DatasetBuilder, split: str) -> Examples:
 def _prepare(builder: tfds.core.DatasetBuilder, manual_dir: str | None, archive: str, url: str,
              downloadable: bool) -> None:
     """Prepares ``builder`` unless it is prepared, from ``archive`` in the manual directory (default
-    ``<data_dir>/downloads/manual``) or, if ``downloadable``, from a download. tfds's downloadable builders
-    extract archives with TensorFlow, so those need it to prepare."""
+    ``<data_dir>/downloads/manual``) or, if ``downloadable`` and the download host answers, from a download.
+    tfds's downloadable builders extract archives with TensorFlow, so those need it to prepare."""
     if builder.is_prepared():
         return
     manual = epath.Path(manual_dir) if manual_dir else builder.data_dir_root / "downloads" / "manual"
-    where = (f"{builder.name} is not prepared in {builder.data_dir_root}: download {url} and put {archive} "
-             f"in {manual} (or pass manual_dir=)")
-    if not downloadable and not (manual / archive).exists():
-        raise DatasetNotFoundError(where)
+    not_prepared = f"{builder.name} is not prepared in {builder.data_dir_root}"
+    put_it = f"put {archive} in {manual} (or pass manual_dir=)"
+    problems = []
+    if not (manual / archive).exists():
+        if not downloadable:
+            raise DatasetNotFoundError(f"{not_prepared}: download {url} and {put_it}")
+        host, port = _first_hop(url)
+        if not _reachable(host, port):
+            problems.append(f"{host}:{port} cannot be reached from here, so download {url} elsewhere and {put_it}")
     if downloadable and importlib.util.find_spec("tensorflow") is None:
-        raise DatasetNotFoundError(f"{where}, and install TensorFlow to prepare it once "
-                                   "(pip install tensorflow-cpu); training does not need it")
+        problems.append(f"preparing it once needs TensorFlow (training does not): {TENSORFLOW_EXTRA}")
+    if problems:
+        raise DatasetNotFoundError(f"{not_prepared}: {'; '.join(problems)}")
     try:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
     except OSError as error:
-        raise DatasetNotFoundError(f"{where} ({type(error).__name__} while downloading)") from error
+        raise DatasetNotFoundError(
+            f"{not_prepared}: download {url} and {put_it} ({type(error).__name__} while downloading)") from error
+
+
+def _first_hop(url: str) -> tuple[str, int]:
+    """The (host, port) a download of ``url`` connects to: the proxy the environment sets for it, else its host."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _reachable(host: str, port: int) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``REACH_TIMEOUT_SECONDS``, name resolution
+    included, so that an offline machine learns it at once rather than after tfds's retries (minutes)."""
+    connected, finished = [], threading.Event()
+
+    def connect() -> None:  # in a daemon thread: a socket timeout does not bound name resolution
+        try:
+            socket.create_connection((host, port), timeout=REACH_TIMEOUT_SECONDS).close()
+            connected.append(True)
+        except OSError:
+            pass
+        finally:
+            finished.set()
+
+    threading.Thread(target=connect, daemon=True).start()
+    finished.wait(REACH_TIMEOUT_SECONDS)
+    return bool(connected)
