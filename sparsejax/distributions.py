@@ -44,10 +44,7 @@ def definition_order(params: Any) -> list[str]:
 
 
 def _prunable_shapes(params: Any, filter_fn: paths.FilterFn | None) -> dict[str, tuple[int, ...]]:
-    chosen = paths.prunable(params, filter_fn)
-    if not chosen:
-        raise ValueError("no prunable parameters found (default: kernels with ndim >= 2); "
-                         "pass a filter_fn that selects the tensors to prune")
+    chosen = paths.prunable(params, filter_fn, required=True)
     order = [p for p in definition_order(params) if p in chosen]
     return {p: tuple(int(d) for d in np.shape(chosen[p])) for p in order}
 
@@ -70,7 +67,8 @@ def _fixed(shapes: Mapping[str, tuple[int, ...]], dense: Iterable[str],
     return fixed
 
 
-def _check_sparsity(sparsity: float) -> float:
+def check_sparsity(sparsity: float) -> float:
+    """``sparsity`` as a float; ``ValueError`` unless it lies in [0, 1) (the fraction of zeros)."""
     if not 0.0 <= float(sparsity) < 1.0:
         raise ValueError(f"sparsity is {sparsity}; it must lie in [0, 1) (fraction of zeros)")
     return float(sparsity)
@@ -83,7 +81,7 @@ def uniform(params: Any, sparsity: float, *, dense: Iterable[str] = (),
 
     Fixed layers are not compensated elsewhere (the global sparsity then differs from ``sparsity``).
     """
-    density = 1.0 - _check_sparsity(sparsity)
+    density = 1.0 - check_sparsity(sparsity)
     shapes = _prunable_shapes(params, filter_fn)
     fixed = _fixed(shapes, dense, custom)
     return {p: fixed.get(p, density) for p in shapes}
@@ -93,7 +91,7 @@ def _solve(params: Any, sparsity: float, raw_fn: Callable[[tuple[int, ...]], flo
            power_scale: float, dense: Iterable[str], custom: Mapping[str, float] | None,
            filter_fn: paths.FilterFn | None) -> dict[str, float]:
     """RigL's solve: density_l = eps·raw_l with layers that would exceed 1 made dense, iteratively."""
-    density = 1.0 - _check_sparsity(sparsity)
+    density = 1.0 - check_sparsity(sparsity)
     shapes = _prunable_shapes(params, filter_fn)
     sizes = {p: int(np.prod(s)) for p, s in shapes.items()}
     out = _fixed(shapes, dense, custom)
@@ -143,9 +141,12 @@ def er(params: Any, sparsity: float, *, power_scale: float = 1.0, dense: Iterabl
                   dense, custom, filter_fn)
 
 
+DISTRIBUTIONS: dict[str, Callable[..., dict[str, float]]] = {"uniform": uniform, "er": er, "erk": erk}
+NAMES = tuple(DISTRIBUTIONS)
+
+
 def by_name(name: str) -> Callable[..., dict[str, float]]:
-    """The density rule called ``name`` ('uniform', 'er' or 'erk')."""
-    rules = {"uniform": uniform, "er": er, "erk": erk}
-    if name not in rules:
-        raise ValueError(f"unknown density distribution {name!r}; choose one of {sorted(rules)}")
-    return rules[name]
+    """The density distribution called ``name`` (one of `NAMES`)."""
+    if name not in DISTRIBUTIONS:
+        raise ValueError(f"unknown density distribution {name!r}; choose one of {list(NAMES)}")
+    return DISTRIBUTIONS[name]

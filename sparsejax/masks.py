@@ -8,15 +8,16 @@ mask tree can always be zipped with the params. Per-layer values are dicts keyed
 
 from __future__ import annotations
 
+import functools
 import os
-import tempfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparsejax import paths, topk
+from sparsejax import files, paths, topk
+from sparsejax.errors import FileFormatError
 
 Densities = Mapping[str, float]
 
@@ -69,17 +70,33 @@ def from_scores(scores: Any, densities: Densities) -> Any:
     return paths.unflatten(scores, out)
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
+def _uniform_scores(rng: jax.Array, shapes: tuple[tuple[str, tuple[int, ...]], ...]
+                    ) -> dict[str, jax.Array]:
+    sizes = [int(np.prod(shape)) for _, shape in shapes]
+    flat = jax.random.uniform(rng, (sum(sizes),))
+    starts = np.cumsum([0] + sizes)
+    return {p: flat[a:b].reshape(shape) for (p, shape), a, b in zip(shapes, starts, starts[1:])}
+
+
+def uniform_scores(rng: jax.Array, shapes: Mapping[str, Sequence[int]]) -> dict[str, jax.Array]:
+    """I.i.d. uniform [0, 1) float32 scores ``{path: array of shape}``, in the order of ``shapes``.
+
+    Drawn as one flat vector cut into the shapes: one PRNG call compiles once per set of shapes,
+    where a call per tensor would compile threefry once per shape.
+    """
+    drawn = _uniform_scores(rng, tuple((p, tuple(int(d) for d in shape))
+                                       for p, shape in shapes.items()))
+    return {p: drawn[p] for p in shapes}  # jit returns dicts in sorted key order
+
+
 def random(rng: jax.Array, params: Any, densities: Densities) -> Any:
     """Uniformly random masks with exactly ``kept_count(d, N)`` True per tensor named in ``densities``."""
     check_densities(params, densities)
     leaves = paths.flatten(params)
-    sizes = {p: int(np.size(leaves[p])) for p in leaves if p in densities}
-    # One draw for all named tensors: a draw per shape would compile threefry once per shape.
-    draw = np.asarray(jax.random.uniform(rng, (sum(sizes.values()),)))
-    offsets = np.cumsum([0, *sizes.values()])
-    scores = {p: np.zeros(np.shape(leaf), np.float32) for p, leaf in leaves.items()}
-    for (p, n), start in zip(sizes.items(), offsets):
-        scores[p] = draw[start:start + n].reshape(np.shape(leaves[p]))
+    drawn = uniform_scores(rng, {p: np.shape(leaf) for p, leaf in leaves.items() if p in densities})
+    scores = {p: drawn[p] if p in drawn else np.zeros(np.shape(leaf), np.float32)
+              for p, leaf in leaves.items()}
     return from_scores(paths.unflatten(params, scores), densities)
 
 
@@ -88,28 +105,37 @@ def apply(params: Any, masks: Any) -> Any:
     return jax.tree.map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, masks)
 
 
+def _misfit(masks: Any, params: Any) -> str | None:
+    """Why ``masks`` does not fit ``params`` (the first path whose structure, shape or dtype
+    differs), or None."""
+    got, want = paths.flatten(masks), paths.flatten(params)
+    for path in want:
+        if path not in got:
+            return f"mask is missing parameter {path!r}; expected a mask for every param"
+    for path in got:
+        if path not in want:
+            return f"mask has {path!r}, which is not a parameter; expected params' paths"
+    for path, p in want.items():
+        m = got[path]
+        if tuple(np.shape(m)) != tuple(np.shape(p)):
+            return (f"mask of {path!r} has shape {tuple(np.shape(m))}, "
+                    f"expected {tuple(np.shape(p))}")
+        if np.dtype(getattr(m, "dtype", type(m))) != np.bool_:
+            return f"mask of {path!r} has dtype {getattr(m, 'dtype', type(m))}, expected bool"
+    if jax.tree.structure(masks) != jax.tree.structure(params):
+        return (f"mask tree structure {jax.tree.structure(masks)} differs from params' "
+                f"{jax.tree.structure(params)}")
+    return None
+
+
 def validate(masks: Any, params: Any) -> None:
     """Raises ``ValueError`` naming the first path whose structure, shape or dtype does not fit.
 
     Masks must have exactly the params' tree structure, each leaf a ``bool`` array of the param's shape.
     """
-    got, want = paths.flatten(masks), paths.flatten(params)
-    for path in want:
-        if path not in got:
-            raise ValueError(f"mask is missing parameter {path!r}; expected a mask for every param")
-    for path in got:
-        if path not in want:
-            raise ValueError(f"mask has {path!r}, which is not a parameter; expected params' paths")
-    for path, p in want.items():
-        m = got[path]
-        if tuple(np.shape(m)) != tuple(np.shape(p)):
-            raise ValueError(f"mask of {path!r} has shape {tuple(np.shape(m))}, "
-                             f"expected {tuple(np.shape(p))}")
-        if np.dtype(getattr(m, "dtype", type(m))) != np.bool_:
-            raise ValueError(f"mask of {path!r} has dtype {getattr(m, 'dtype', type(m))}, expected bool")
-    if jax.tree.structure(masks) != jax.tree.structure(params):
-        raise ValueError(f"mask tree structure {jax.tree.structure(masks)} differs from params' "
-                         f"{jax.tree.structure(params)}")
+    problem = _misfit(masks, params)
+    if problem:
+        raise ValueError(problem)
 
 
 def counts(masks: Any, params: Any | None = None, filter_fn: paths.FilterFn | None = None
@@ -146,33 +172,34 @@ def summary(masks: Any, params: Any, filter_fn: paths.FilterFn | None = None) ->
     return "\n".join(lines)
 
 
+_HOW = "make one with sparsejax.masks.save(path, masks)"
+
+
 def save(path: str | os.PathLike, masks: Any) -> None:
-    """Writes masks to an ``.npz`` keyed by parameter path, atomically (no half-written file)."""
-    path = os.fspath(path)
-    arrays = {p: np.asarray(m, dtype=bool) for p, m in paths.flatten(masks).items()}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """Writes masks to a compressed ``.npz`` keyed by parameter path, atomically (never half a file)."""
+    files.save_npz(path, {p: np.asarray(m, dtype=bool) for p, m in paths.flatten(masks).items()},
+                   compressed=True)
 
 
 def load(path: str | os.PathLike, params: Any) -> Any:
-    """Reads masks saved by ``save`` and validates them against ``params`` (``ValueError`` if unfit)."""
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        stored = {name: data[name] for name in data.files}
+    """Reads masks saved by ``save`` and validates them against ``params``.
+
+    Raises ``FileFormatError`` (a ``ValueError``) if the file is not such an ``.npz`` or holds the
+    masks of another model, and ``FileNotFoundError`` if there is no file.
+    """
+    stored = files.read_npz(path, "mask file", _HOW)
+    name = os.fspath(path)
     want = paths.flatten(params)
     for p in stored:
         if p not in want:
-            raise ValueError(f"mask file {os.fspath(path)!r} has {p!r}, which is not a parameter of "
-                             f"this model; expected paths like {next(iter(want), '<none>')!r}")
+            raise FileFormatError(f"mask file {name!r} has {p!r}, which is not a parameter of this "
+                                  f"model; expected paths like {next(iter(want), '<none>')!r}")
     for p in want:
         if p not in stored:
-            raise ValueError(f"mask file {os.fspath(path)!r} has no mask for {p!r}")
+            raise FileFormatError(f"mask file {name!r} has no mask for {p!r}; "
+                                  f"{_HOW} for this model")
     masks = paths.unflatten(params, {p: jnp.asarray(stored[p]) for p in want})
-    validate(masks, params)
+    problem = _misfit(masks, params)
+    if problem:
+        raise FileFormatError(f"mask file {name!r} does not fit this model: {problem}")
     return masks

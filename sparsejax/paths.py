@@ -7,7 +7,7 @@ by these strings, so a user can read and override them by name.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -55,7 +55,31 @@ def default_filter(path: str, leaf: Any) -> bool:
     return np.ndim(leaf) >= 2 and not is_ghost(path)
 
 
-def prunable(params: Any, filter_fn: FilterFn | None = None) -> dict[str, Any]:
-    """The prunable leaves of ``params`` keyed by path, in tree order."""
+def prunable(params: Any, filter_fn: FilterFn | None = None, *,
+             required: bool = False) -> dict[str, Any]:
+    """The prunable leaves of ``params`` keyed by path, in tree order.
+
+    With ``required``, raises ``ValueError`` when there is none (a mask or density would prune
+    nothing).
+    """
     keep = filter_fn or default_filter
-    return {path: leaf for path, leaf in flatten(params).items() if keep(path, leaf)}
+    chosen = {path: leaf for path, leaf in flatten(params).items() if keep(path, leaf)}
+    if required and not chosen:
+        raise ValueError("no prunable parameters found (default: kernels with ndim >= 2, not "
+                         "ghost); pass a filter_fn that selects the tensors to prune")
+    return chosen
+
+
+def without_ghosts(tree: Any) -> Any:
+    """``tree`` with each mapping entry whose key is a ghost name (`is_ghost`) removed, at any depth.
+
+    Walks mappings (returned as dicts), NamedTuples, lists and tuples, so it strips params, masks,
+    BatchNorm statistics and optimizer states alike; other leaves are returned as they are.
+    """
+    if isinstance(tree, Mapping):
+        return {k: without_ghosts(v) for k, v in tree.items() if not is_ghost(str(k))}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(without_ghosts(v) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(without_ghosts(v) for v in tree)
+    return tree

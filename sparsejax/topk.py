@@ -18,21 +18,18 @@ written in one elementwise pass per leaf. That is 2 to 4 reads of the scores bef
 replaced 32 bisection counting passes for ``t``, plus ~log2(N) for a tie); on a sharded array each
 pass is a histogram per shard and one all-reduce of the (at most 65537) bins.
 
-Memory: no sort, no index array and no copy of the scores. XLA:CPU (jax 0.10) does not fuse a
-comparison into a reduction or the bin computation into a scatter: a whole-array pass writes the
-keys and int32 bin indices of the full size first (~3.3x the float32 scores measured
-at 10M before chunking). So each pass reads a leaf in chunks of ``_CHUNK`` (2^18) scores through
-``lax.dynamic_slice`` (the last partial chunk is a static slice, no padding), scatter-adding chunk
-by chunk into the histogram: the keys and bin indices are at most a chunk long (1 MiB each), and
-each histogram is 256 KiB. Measured by ``benchmarks/topk.py`` on one CPU device, as the
-peak resident memory of one run beyond the scores (the output mask included; benchmarks/RESULTS.md):
-0.30x the float32 scores at 10M, i.e. the bool output mask (N bytes) plus a few MiB; 1.1x (4 MiB)
-at 1M; 0.33x for the 21 leaves of a global ResNet-18 (11.2M); 0.25x at 100M with the earlier
-bisection method, whose chunked temporaries were the same size. JaxPruner's argsort measures ~10x.
+Memory: no sort, no index array and no copy of the scores. XLA:CPU does not fuse a comparison into
+a reduction or the bin computation into a scatter: a whole-array pass writes the keys and int32 bin
+indices of the full size first. So each pass reads a leaf in chunks of ``_CHUNK`` (2^18) scores
+through ``lax.dynamic_slice`` (the last partial chunk is a static slice, no padding), scatter-adding
+chunk by chunk into the histogram: the keys and bin indices are at most a chunk long (1 MiB each),
+and each histogram is 256 KiB. The peak memory beyond the scores is then the bool output mask
+(N bytes) plus these few MiB. Measured figures, also for the whole-array passes and for an argsort
+(JaxPruner's): benchmarks/RESULTS.md, "Top-k selection" (``benchmarks/topk.py``).
 
 Exception: a leaf that may be split over several devices is counted whole, since dynamic slices of
-it would make XLA gather it onto every device; it then has the full-size temporaries above (~3x,
-per device of its shard). That is a non-replicated sharded array, a tracer whose type carries an
+it would make XLA gather it onto every device; it then has the full-size temporaries above (per
+device of its shard). That is a non-replicated sharded array, a tracer whose type carries an
 explicit sharded spec, and also any tracer of unknown sharding (a caller's ``jit`` without explicit
 sharding types) when the process has more than one device.
 

@@ -204,6 +204,19 @@ def test_sparsity_outside_zero_one(rule, sparsity):
         rule(MLP, sparsity)
 
 
+@pytest.mark.parametrize("sparsity", [1.0, -0.1, 1.5, float("nan")])
+def test_check_sparsity_is_the_one_range_check(sparsity):
+    with pytest.raises(ValueError, match=rf"^sparsity is {sparsity}; it must lie in \[0, 1\) "
+                                         r"\(fraction of zeros\)$"):
+        distributions.check_sparsity(sparsity)
+
+
+def test_check_sparsity_returns_a_float():
+    for sparsity, want in [(0, 0.0), (0.5, 0.5), (np.float32(0.25), 0.25), (0.999, 0.999)]:
+        got = distributions.check_sparsity(sparsity)
+        assert type(got) is float and got == want
+
+
 @pytest.mark.parametrize("rule", [distributions.uniform, distributions.er, distributions.erk])
 def test_unknown_path(rule):
     with pytest.raises(ValueError, match="'l4/kernel', which is not a prunable parameter"):

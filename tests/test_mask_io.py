@@ -2,6 +2,7 @@
 
 import sys
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -207,7 +208,7 @@ def test_default_matcher_follows_definition_order_not_alphabetical_order():
         pruning.load_torch_masks(state, sorted_params)
     order = distributions.definition_order(params)  # e.g. kept from an eager init
     again, _ = pruning.load_torch_masks(state, sorted_params, order=order)
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), masks, again))
+    chex.assert_trees_all_equal(masks, again)
     with pytest.raises(ValueError, match="order lists 'zeta/weight', which is not a parameter"):
         pruning.load_torch_masks(state, sorted_params, order=["zeta/weight"])
 
@@ -224,4 +225,4 @@ def test_found_masks_survive_npz(tmp_path):
     masks = pruning.find_mask("magnitude", jax.tree.map(
         lambda p: np.random.default_rng(0).normal(size=p.shape).astype(np.float32), PARAMS), 0.8)
     reloaded = roundtrip(tmp_path, masks)
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), masks, reloaded))
+    chex.assert_trees_all_equal(masks, reloaded)

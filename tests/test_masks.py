@@ -1,7 +1,10 @@
 """Mask pytrees (sparsejax.masks): exact counts, apply, statistics, save/load and every validation error."""
 
 import os
+import pickle
+import zipfile
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from sparsejax import masks
+from sparsejax import masks, paths
+from sparsejax.errors import FileFormatError
 
 
 class Small(nn.Module):
@@ -77,11 +81,8 @@ def test_from_scores_keeps_exactly_round_d_n_of_the_largest(case):
     scores, densities = case
     got = masks.from_scores(scores, densities)
     assert jax.tree.structure(got) == jax.tree.structure(scores)
-    flat_scores = {"a/kernel": scores["a"]["kernel"], "b/kernel": scores["b"]["kernel"],
-                   "b/bias": scores["b"]["bias"]}
-    flat_masks = {"a/kernel": got["a"]["kernel"], "b/kernel": got["b"]["kernel"],
-                  "b/bias": got["b"]["bias"]}
-    for path, s in flat_scores.items():
+    flat_masks = paths.flatten(got)
+    for path, s in paths.flatten(scores).items():
         m = np.asarray(flat_masks[path])
         assert m.dtype == np.bool_ and m.shape == s.shape
         if path not in densities:
@@ -98,8 +99,7 @@ def test_from_scores_keeps_exactly_round_d_n_of_the_largest(case):
 def test_from_scores_under_jit_equals_eager():
     scores = jax.tree.map(jnp.abs, PARAMS)
     jitted = jax.jit(lambda s: masks.from_scores(s, DENSITIES))(scores)
-    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(magnitude_masks())):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(jitted, magnitude_masks(), strict=True)
 
 
 def test_tensors_not_named_keep_an_all_true_mask():
@@ -121,19 +121,46 @@ def test_random_masks_exact_counts_and_different_per_seed():
         assert bool(m["conv"]["bias"].all()) and bool(m["bn"]["scale"].all())
     assert not np.array_equal(a["conv"]["kernel"], b["conv"]["kernel"])
     assert not np.array_equal(a["head"]["kernel"], b["head"]["kernel"])
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(again)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    chex.assert_trees_all_equal(a, again, strict=True)
+
+
+def test_uniform_scores_are_one_flat_draw_cut_in_order():
+    rng = jax.random.key(4)
+    shapes = {"b/kernel": (3, 2), "a/kernel": (4,), "c/kernel": (2, 1, 2)}
+    got = masks.uniform_scores(rng, shapes)
+    assert list(got) == list(shapes)  # the order given, not sorted
+    flat = np.asarray(jax.random.uniform(rng, (14,)))
+    chex.assert_trees_all_equal(got, {"b/kernel": flat[:6].reshape(3, 2), "a/kernel": flat[6:10],
+                                      "c/kernel": flat[10:].reshape(2, 1, 2)}, strict=True)
+    assert masks.uniform_scores(rng, {}) == {}
+
+
+def test_random_masks_keep_the_largest_of_one_flat_draw():
+    # The named tensors in tree order share one draw (conv first, then head): 72 + 12 scores.
+    rng, densities = jax.random.key(5), {"head/kernel": 0.5, "conv/kernel": 0.25}
+    flat = np.asarray(jax.random.uniform(rng, (84,)))
+    want = {"conv/kernel": flat[:72].reshape(3, 3, 2, 4), "head/kernel": flat[72:].reshape(4, 3)}
+    for path, m in paths.flatten(masks.random(rng, PARAMS, densities)).items():
+        if path in want:
+            kept = masks.kept_count(densities[path], want[path].size)
+            threshold = np.sort(want[path].reshape(-1))[-kept]
+            np.testing.assert_array_equal(m, want[path] >= threshold, err_msg=path)
+        else:
+            assert np.asarray(m).all(), path
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.int32])
 def test_apply_zeroes_exactly_and_keeps_dtype(dtype):
     params = jax.tree.map(lambda p: (p * 10 - 1).astype(dtype), PARAMS)
     out = masks.apply(params, MAGNITUDE)
-    for p, mk, o in zip(jax.tree.leaves(params), jax.tree.leaves(MAGNITUDE), jax.tree.leaves(out)):
-        assert o.dtype == p.dtype and o.shape == p.shape
-        o, p, mk = np.asarray(o, np.float32), np.asarray(p, np.float32), np.asarray(mk)
-        assert (o[~mk] == 0).all() and not np.signbit(o[~mk]).any()
-        np.testing.assert_array_equal(o[mk], p[mk])
+    want = jax.tree.map(lambda p, m: np.where(m, np.asarray(p), np.zeros((), p.dtype)), params,
+                        MAGNITUDE)
+    chex.assert_trees_all_equal(out, want, strict=True)  # dtypes, shapes, values
+
+    def signs(tree):  # -0.0 equals 0.0 above: the zeros must be +0.0
+        return jax.tree.map(lambda x: np.signbit(np.asarray(x, np.float32)), tree)
+
+    chex.assert_trees_all_equal(signs(out), signs(want))
     assert int((np.asarray(out["conv"]["kernel"]) == 0).sum()) >= 36
 
 
@@ -171,11 +198,11 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
     m = magnitude_masks()
     masks.save(tmp_path / "m.npz", m)
     loaded = masks.load(tmp_path / "m.npz", PARAMS)
-    assert jax.tree.structure(loaded) == jax.tree.structure(m)
-    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(m)):
-        assert a.dtype == jnp.bool_ and a.shape == b.shape
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(loaded, m, strict=True)  # structure, dtype bool, shapes, values
     assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
+    with zipfile.ZipFile(tmp_path / "m.npz") as stored:  # keyed by parameter path, compressed
+        assert sorted(stored.namelist()) == sorted(f"{p}.npy" for p in paths.flatten(m))
+        assert {info.compress_type for info in stored.infolist()} == {zipfile.ZIP_DEFLATED}
 
 
 def test_save_into_a_missing_directory_raises_and_leaves_nothing(tmp_path):
@@ -184,18 +211,45 @@ def test_save_into_a_missing_directory_raises_and_leaves_nothing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_save_failing_mid_write_keeps_the_old_file_and_no_partial_file(tmp_path, monkeypatch):
+class _HalfWritten:
+    """A file object that writes half of what it is given, then fails (a full disk)."""
+
+    def __init__(self, fd, mode):
+        self.file = open(fd, mode)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+    def write(self, data):
+        self.file.write(data[:len(data) // 2])
+        self.file.flush()
+        raise OSError("disk full")
+
+
+def _broken_savez(file, **arrays):
+    file.write(b"PK\x03\x04 half a zip")
+    raise OSError("disk full")
+
+
+def _broken_replace(src, dst):
+    raise OSError("disk full")
+
+
+@pytest.mark.parametrize("module, name, broken", [
+    (np, "savez_compressed", _broken_savez),  # while encoding
+    (os, "fdopen", _HalfWritten),  # half of the bytes on disk
+    (os, "replace", _broken_replace),  # at the rename
+], ids=["encoding", "writing", "renaming"])
+def test_save_failing_keeps_the_old_file_and_no_partial_file(tmp_path, monkeypatch, module, name,
+                                                            broken):
     target = tmp_path / "m.npz"
-    old = masks.ones_like(PARAMS)
-    masks.save(target, old)
+    masks.save(target, masks.ones_like(PARAMS))
     before = target.read_bytes()
-
-    def broken_savez(file, **arrays):
-        file.write(b"PK\x03\x04 half a zip")
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(np, "savez_compressed", broken_savez)
-    with pytest.raises(RuntimeError, match="disk full"):
+    monkeypatch.setattr(module, name, broken)
+    with pytest.raises(OSError, match="disk full"):
         masks.save(target, magnitude_masks())
     assert os.listdir(tmp_path) == ["m.npz"]
     assert target.read_bytes() == before
@@ -246,17 +300,43 @@ def test_validate_different_container_structure():
 def test_load_a_file_for_another_model(tmp_path):
     masks.save(tmp_path / "m.npz", magnitude_masks())
     other = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))}}
-    with pytest.raises(ValueError, match="has 'bn/bias', which is not a parameter of this model"):
+    with pytest.raises(FileFormatError, match="'bn/bias', which is not a parameter of this model"):
         masks.load(tmp_path / "m.npz", other)
     wider_head = init(Small(head=5))  # same paths, head/kernel (4, 5)
-    with pytest.raises(ValueError, match=r"'head/bias' has shape \(3,\), expected \(5,\)"):
+    with pytest.raises(FileFormatError, match=r"m.npz' does not fit this model: mask of 'head/bias' "
+                                              r"has shape \(3,\), expected \(5,\)"):
         masks.load(tmp_path / "m.npz", wider_head)
     fewer = {k: v for k, v in PARAMS.items() if k != "bn"}
-    with pytest.raises(ValueError, match="'bn/bias', which is not a parameter"):
+    with pytest.raises(FileFormatError, match="'bn/bias', which is not a parameter"):
         masks.load(tmp_path / "m.npz", fewer)
     masks.save(tmp_path / "partial.npz", {k: v for k, v in magnitude_masks().items() if k != "bn"})
-    with pytest.raises(ValueError, match="no mask for 'bn/bias'"):
+    with pytest.raises(FileFormatError, match="no mask for 'bn/bias'; make one with "
+                                              r"sparsejax.masks.save\(path, masks\) for this model"):
         masks.load(tmp_path / "partial.npz", PARAMS)
+    np.savez(tmp_path / "uint8.npz", **{p: np.asarray(m, np.uint8)
+                                        for p, m in paths.flatten(magnitude_masks()).items()})
+    with pytest.raises(FileFormatError, match="'bn/bias' has dtype uint8, expected bool"):
+        masks.load(tmp_path / "uint8.npz", PARAMS)
+    assert issubclass(FileFormatError, ValueError)  # callers that catch ValueError still do
+
+
+@pytest.mark.parametrize("name, write", [
+    ("masks.py", lambda path: path.write_text("masks = {'conv/kernel': [True, False]}\n")),
+    ("masks.pkl", lambda path: path.write_bytes(pickle.dumps(paths.flatten(MAGNITUDE)))),
+    ("empty.npz", lambda path: path.write_bytes(b"")),
+    ("objects.npz", lambda path: np.savez(path, **{"conv/kernel": np.array([{}], object)})),
+])
+def test_load_a_file_that_is_not_a_mask_npz_says_how_to_make_one(tmp_path, name, write):
+    write(tmp_path / name)
+    match = (rf"mask file '.*{name}' is not a sparsejax .npz of arrays keyed by parameter path .*; "
+             r"make one with sparsejax.masks.save\(path, masks\)$")
+    with pytest.raises(FileFormatError, match=match):
+        masks.load(tmp_path / name, PARAMS)
+
+
+def test_load_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        masks.load(tmp_path / "missing.npz", PARAMS)
 
 
 def test_nan_scores_name_the_path():

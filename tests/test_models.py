@@ -4,6 +4,10 @@ Compiles dominate the run time on CPU, so variables are drawn with numpy from `j
 (no init compile), steps are compiled at XLA backend optimisation level 0, and the batch is 2.
 """
 
+from typing import NamedTuple
+
+import chex
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -131,12 +135,9 @@ def test_ghosted_model_at_alpha_zero_and_relu_is_the_plain_model_exactly(name, k
     # Tolerance zero (logits, statistics, gradients): at alpha = 0 each ghost term is exactly +-0.0.
     np.testing.assert_array_equal(logits, plain_logits)
     assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
-    jax.tree.map(np.testing.assert_array_equal, remove_ghosts(ghosted, {"s": stats})[1]["s"],
-                 plain_stats)
-    flat_grads = paths.flatten(grads)
-    for path, grad in paths.flatten(plain_grads).items():
-        np.testing.assert_array_equal(flat_grads[path], grad, err_msg=path)
-    ghost_grads = {p: g for p, g in flat_grads.items() if paths.is_ghost(p)}
+    chex.assert_trees_all_equal(paths.without_ghosts(stats), plain_stats)
+    chex.assert_trees_all_equal(paths.without_ghosts(grads), plain_grads)
+    ghost_grads = {p: g for p, g in paths.flatten(grads).items() if paths.is_ghost(p)}
     assert all(not np.any(np.asarray(g)) for g in ghost_grads.values())
 
     on_logits, _, on_grads = step(variables, x, jnp.float32(0.5), jnp.float32(2.0))
@@ -171,7 +172,7 @@ def test_every_model_runs_forward_and_backward_at_every_size(name, size):
     assert logits.shape == (2, 10) and np.isfinite(np.asarray(logits)).all()
     assert jax.tree.structure(grads) == jax.tree.structure(variables["params"])
     assert jax.tree.structure(stats) == jax.tree.structure(variables["batch_stats"])
-    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    chex.assert_tree_all_finite(grads)
 
 
 def test_jitted_train_step_does_not_retrace_when_alpha_or_beta_change():
@@ -201,7 +202,7 @@ def test_jitted_train_step_does_not_retrace_when_alpha_or_beta_change():
     for step in range(6):  # crosses the end of the ghost phase: alpha -> 0, beta -> inf (ReLU)
         params, batch_stats, opt_state = train_step(params, batch_stats, opt_state, jnp.int32(step))
     assert len(traces) == 1
-    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+    chex.assert_tree_all_finite(params)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -214,6 +215,42 @@ def test_jitted_train_step_does_not_retrace_when_alpha_or_beta_change():
 def test_bad_model_input_is_a_value_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build(**kwargs)
+
+
+class _Slots(NamedTuple):
+    count: jax.Array
+    per_param: dict
+    history: list
+
+
+def test_without_ghosts_strips_ghost_entries_at_any_depth_of_an_optimizer_state():
+    params = {"conv": {"kernel": np.ones((3, 3, 2, 4))},
+              "ghost1": {"conv": {"kernel": np.ones((1, 1, 2, 4))}, "bn": {"scale": np.ones(4)}},
+              "layer1_0": {"bn1": {"scale": np.ones(4)}, "Ghost_2": {"kernel": np.ones((4, 4))}}}
+    plain = {"conv": {"kernel": params["conv"]["kernel"]},
+             "layer1_0": {"bn1": {"scale": params["layer1_0"]["bn1"]["scale"]}}}
+    chex.assert_trees_all_equal(paths.without_ghosts(params), plain)
+    # A chained optax state: a tuple of NamedTuples whose fields hold params-shaped dicts.
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
+    chex.assert_trees_all_equal(paths.without_ghosts(tx.init(params)), tx.init(plain))
+    state = (_Slots(np.int32(3), params, [params, {"ghost": 1.0, "lr": 2.0}]), [])
+    stripped = paths.without_ghosts(state)
+    assert type(stripped) is tuple and type(stripped[0]) is _Slots and stripped[1] == []
+    chex.assert_trees_all_equal(stripped, (_Slots(np.int32(3), plain, [plain, {"lr": 2.0}]), []))
+    leaf = np.ones(2)
+    assert paths.without_ghosts(leaf) is leaf  # leaves pass through, not copied
+    assert paths.without_ghosts(params)["conv"]["kernel"] is params["conv"]["kernel"]
+
+
+def test_remove_ghosts_takes_frozen_dicts_and_returns_nested_dicts():
+    model = build("resnet20", 10, ghost_skip="conv1x1")
+    variables = _shapes(model)
+    frozen = flax.core.freeze(variables)
+    _, from_frozen = remove_ghosts(model, frozen)
+    _, from_dict = remove_ghosts(model, variables)
+    assert jax.tree.structure(from_frozen) == jax.tree.structure(from_dict)
+    assert type(from_frozen["params"]) is dict
+    assert not any(paths.is_ghost(p) for p in paths.flatten(from_frozen))
 
 
 def test_remove_ghosts_needs_a_zoo_model():

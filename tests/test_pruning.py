@@ -1,5 +1,6 @@
 """Masks at initialization: hand-computed scores, exact sparsity, SynFlow vs layer collapse, IMP."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -249,8 +250,17 @@ def test_random_depends_on_rng_only(convnet):
     one = pruning.find_mask("random", params, 0.5, rng=jax.random.key(7))
     two = pruning.find_mask("random", params, 0.5, rng=jax.random.key(7))
     other = pruning.find_mask("random", params, 0.5, rng=jax.random.key(8))
-    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), one, two))
+    chex.assert_trees_all_equal(one, two)
     assert not jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), one, other))
+
+
+def test_random_draws_the_scores_of_masks_random(convnet):
+    # Densities naming every prunable tensor: the same one flat draw, so the same masks.
+    params, rng = convnet[0], jax.random.key(9)
+    densities = distributions.erk(params, 0.7)
+    chex.assert_trees_all_equal(
+        pruning.find_mask("random", params, 0.7, scope="layer", densities=densities, rng=rng),
+        masks_lib.random(rng, params, densities))
 
 
 def test_filter_fn_selects_what_is_pruned(convnet):
@@ -308,6 +318,42 @@ def test_synflow_avoids_the_layer_collapse_of_global_magnitude(deep_params):
     assert sum(k for k, _ in counts.values()) == round(0.01 * total)
     assert all(kept > 0 for kept, _ in counts.values()), counts
     assert conducts(params, synflow)
+    one_shot = pruning.find_mask("synflow", params, 0.99, apply_fn=deep_apply, input_shape=(1, 8),
+                                 rounds=1)
+    assert not jax.tree.all(jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), synflow,
+                                         one_shot))
+
+
+def synflow_by_hand(params, apply_fn, input_shape, density, rounds):
+    """Iterative SynFlow from ``pruning.synflow_scores`` and a NumPy top-k: round r scores the
+    weights alive after round r − 1 and keeps the kept_count(d^((r+1)/R), N) largest, pruned ones
+    never (ties to the lower global flat index, tree order)."""
+    prunable = paths.prunable(params)
+    starts = np.cumsum([0] + [np.size(w) for w in prunable.values()])
+    alive = {p: np.ones(np.shape(w), bool) for p, w in prunable.items()}
+    for r in range(rounds):
+        scores = pruning.synflow_scores(params, apply_fn, input_shape, masks=alive)
+        flat = np.concatenate([np.where(alive[p], scores[p], -1.0).reshape(-1) for p in prunable])
+        keep = np.zeros(flat.size, bool)
+        keep[np.argsort(-flat, kind="stable")[:masks_lib.kept_count(density ** ((r + 1) / rounds),
+                                                                    flat.size)]] = True
+        alive = {p: keep[a:b].reshape(np.shape(w))
+                 for (p, w), a, b in zip(prunable.items(), starts, starts[1:])}
+    return alive
+
+
+def test_synflow_rescores_under_the_mask_of_each_round(deep_params):
+    # Two rounds at d = 0.1: score the dense net, keep round(0.1^(1/2)·N); rescore the survivors,
+    # keep round(0.1·N). One shot (top round(0.1·N) of the dense scores) is a different mask.
+    params = deep_params
+    got = pruning.find_mask("synflow", params, 0.9, apply_fn=deep_apply, input_shape=(1, 8),
+                            rounds=2)
+    two_rounds = synflow_by_hand(params, deep_apply, (1, 8), 0.1, 2)
+    chex.assert_trees_all_equal({p: got_m for p, got_m in paths.flatten(got).items()
+                                 if p in two_rounds}, two_rounds)
+    one_shot = synflow_by_hand(params, deep_apply, (1, 8), 0.1, 1)
+    assert sum(int((two_rounds[p] != one_shot[p]).sum()) for p in one_shot) > 100
+    assert pruning.SYNFLOW_ROUNDS == 100
 
 
 def test_synflow_runs_in_float64_where_float32_overflows(deep_params):
@@ -351,11 +397,27 @@ def test_imp_follows_one_minus_point_eight_to_the_r(convnet):
         assert jax.tree.all(jax.tree.map(lambda n, o: bool(np.all(~n | o)), new, masks))  # nested
         assert_untouched(new, params)
         masks = new
-    rewound = pruning.rewind(params, masks)
-    for path, w in paths.flatten(rewound).items():
-        m = np.asarray(paths.flatten(masks)[path])
-        np.testing.assert_array_equal(np.asarray(w)[m], np.asarray(paths.flatten(params)[path])[m])
-        assert not np.asarray(w)[~m].any()
+    chex.assert_trees_all_equal(pruning.rewind(params, masks),
+                                jax.tree.map(lambda w, m: np.where(m, w, 0), params, masks))
+
+
+def test_imp_prunes_within_the_current_mask_whatever_the_masked_weights_hold(convnet):
+    # The masked-out weights hold large values (as if the loop did not zero them): they must stay
+    # pruned, and the count goes from the mask's kept count k to round(0.8·k), not from the size.
+    params = convnet[0]
+    masks = pruning.find_mask("random", params, 0.6, rng=jax.random.key(11))
+    alive = sum(k for k, _ in masks_lib.counts(masks, params).values())
+    assert alive == round(0.4 * (216 + 1152 + 160))
+    trained = jax.tree.map(lambda w, m: np.where(m, w, -1e3 * (1 + np.abs(w))), params, masks)
+    new = pruning.imp_prune(trained, masks)
+    assert sum(k for k, _ in masks_lib.counts(new, params).values()) == round(0.8 * alive)
+    assert jax.tree.all(jax.tree.map(lambda n, o: bool(np.all(~n | o)), new, masks))  # nested
+    assert_untouched(new, params)
+    # Among the survivors the largest magnitudes are kept, over all kernels together.
+    old, now, w = paths.flatten(masks), paths.flatten(new), paths.flatten(trained)
+    kept = np.concatenate([np.abs(w[p])[now[p]] for p in KERNELS])
+    dropped = np.concatenate([np.abs(w[p])[old[p] & ~now[p]] for p in KERNELS])
+    assert kept.min() >= dropped.max()
 
 
 def test_imp_prunes_the_smallest_surviving_magnitudes():
@@ -396,12 +458,30 @@ def test_bad_input_names_the_problem(kwargs, match):
         pruning.find_mask(args.pop("method"), args.pop("params"), args.pop("sparsity"), **args)
 
 
+NO_PRUNABLE = {"bn": {"scale": jnp.ones(3), "bias": jnp.zeros(3)}}
+NO_PRUNABLE_MESSAGE = (r"^no prunable parameters found \(default: kernels with ndim >= 2, not "
+                       r"ghost\); pass a filter_fn that selects the tensors to prune$")
+
+
 @pytest.mark.parametrize("method", pruning.METHODS)
 def test_no_prunable_tensor_is_an_error(method):
-    params = {"bn": {"scale": jnp.ones(3), "bias": jnp.zeros(3)}}
-    with pytest.raises(ValueError, match="no prunable parameters found.*filter_fn"):
-        pruning.find_mask(method, params, 0.5, apply_fn=hand_apply, batches=[BATCH_A],
+    with pytest.raises(ValueError, match=NO_PRUNABLE_MESSAGE):
+        pruning.find_mask(method, NO_PRUNABLE, 0.5, apply_fn=hand_apply, batches=[BATCH_A],
                           input_shape=(1, 3))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: pruning.imp_prune(NO_PRUNABLE, masks_lib.ones_like(NO_PRUNABLE)),
+    lambda: pruning.magnitude_scores(NO_PRUNABLE),
+    lambda: pruning.synflow_scores(NO_PRUNABLE, hand_apply, (1, 3)),
+    lambda: distributions.erk(NO_PRUNABLE, 0.5),
+    lambda: distributions.uniform(NO_PRUNABLE, 0.5),
+    lambda: paths.prunable(NO_PRUNABLE, required=True),
+])
+def test_no_prunable_tensor_is_one_error_everywhere(call):
+    with pytest.raises(ValueError, match=NO_PRUNABLE_MESSAGE):
+        call()
+    assert paths.prunable(NO_PRUNABLE) == {}  # without required: just empty
 
 
 def test_nan_scores_are_an_error():

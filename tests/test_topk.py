@@ -1,5 +1,6 @@
 """Exact top-k (sparsejax.topk) against a numpy lexsort reference: counts, ties, traced k, sharding."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,8 +163,7 @@ def test_global_masks_match_reference_on_the_concatenation(case):
     got = topk.global_masks(tree, k)
     assert jax.tree.structure(got) == jax.tree.structure(tree)
     assert sum(int(np.sum(m)) for m in jax.tree.leaves(got)) == k
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(global_reference(tree, k))):
-        np.testing.assert_array_equal(np.asarray(g), w)
+    chex.assert_trees_all_equal(got, global_reference(tree, k))
 
 
 def test_global_ties_go_to_the_earlier_leaf_then_the_lower_index():
@@ -203,9 +203,7 @@ def test_global_traced_k_compiles_once():
     rng = np.random.default_rng(1)
     tree = {"a": rng.integers(0, 3, (5, 3)).astype(np.float32), "b": rng.integers(0, 3, (7,)).astype(np.float32)}
     for k in [0, 4, 11, 22]:
-        got = select(tree, k)
-        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(global_reference(tree, k))):
-            np.testing.assert_array_equal(np.asarray(g), w)
+        chex.assert_trees_all_equal(select(tree, k), global_reference(tree, k))
     assert len(traces) == 1
 
 
@@ -238,11 +236,8 @@ def test_sharded_global_masks_on_8_devices_give_the_single_device_masks():
     sharded = {n: jax.device_put(x, NamedSharding(mesh, specs[n])) for n, x in tree.items()}
     for k in [0, 5, 37, 75]:
         got = jit_global(sharded, k)
-        want = jit_global(jax.device_put(tree, jax.devices()[0]), k)
-        for name in tree:
-            np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
-        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(global_reference(tree, k))):
-            np.testing.assert_array_equal(np.asarray(g), w)
+        chex.assert_trees_all_equal(got, jit_global(jax.device_put(tree, jax.devices()[0]), k),
+                                    global_reference(tree, k))
 
 
 # ---------------------------------------------------------------- chunked counting
@@ -258,9 +253,8 @@ def test_chunked_counting_gives_the_reference_masks(chunk):
     select = jax.jit(lambda leaves, k: topk._select(leaves, k, chunks=(chunk,) * len(shapes)))
     for k in sorted({0, 1, 40, n // 2, n - 1, n}):
         got = select([jnp.asarray(x) for x in tree], k)
-        assert sum(int(np.sum(g)) for g in got) == k
-        for g, w in zip(got, global_reference(tree, k)):
-            np.testing.assert_array_equal(np.asarray(g), w, err_msg=f"chunk={chunk} k={k}")
+        assert sum(int(np.sum(g)) for g in got) == k, f"chunk={chunk} k={k}"
+        chex.assert_trees_all_equal(got, global_reference(tree, k))
 
 
 def test_chunked_counting_keeps_temporaries_chunk_sized():

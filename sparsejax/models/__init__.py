@@ -19,12 +19,11 @@ from functools import partial
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
-from flax import traverse_util
 
 from sparsejax.models.mobilenet import MobileNetV1, MobileNetV2
 from sparsejax.models.resnet import ResNet
 from sparsejax.models.vgg import VGG
-from sparsejax.paths import is_ghost
+from sparsejax.paths import without_ghosts
 
 _CIFAR_WIDTHS = (64, 128, 256, 512)
 _6N2_WIDTHS = (16, 32, 64)
@@ -61,16 +60,14 @@ def remove_ghosts(model: nn.Module, variables: Mapping[str, Any]) -> tuple[nn.Mo
     """The original architecture after the ghost phase: (plain model, its variables).
 
     The plain model is ``model`` with ``ghost_skip=None`` and ``activation="relu"``; its variables
-    are ``variables`` without the ghost parameters and ghost BatchNorm statistics (every entry under
-    a module named "ghost*"). All other paths are unchanged, so masks and optimizer state keyed by
-    path carry over. The plain model equals ``model`` at α = 0 with ReLU (or PSwish at β = +inf)
-    bit for bit: at α = 0 each ghost term is exactly ±0.0 and adding it changes no value (tested
-    with zero tolerance on every model).
+    are ``variables`` as nested dicts without the ghost parameters and ghost BatchNorm statistics
+    (every entry under a module named "ghost*": `sparsejax.paths.without_ghosts`). All other paths
+    are unchanged, so masks and optimizer state keyed by path carry over. The plain model equals
+    ``model`` at α = 0 with ReLU (or PSwish at β = +inf) bit for bit: at α = 0 each ghost term is
+    exactly ±0.0 and adding it changes no value (tested with zero tolerance on every model).
     """
     if not hasattr(model, "ghost_skip") or not hasattr(model, "activation"):
         raise ValueError(f"remove_ghosts needs a model from sparsejax.models.build, got "
                          f"{type(model).__name__}")
     plain = model.clone(ghost_skip=None, activation="relu")
-    flat = traverse_util.flatten_dict(dict(variables), sep="/")
-    kept = {path: leaf for path, leaf in flat.items() if not is_ghost(path)}
-    return plain, traverse_util.unflatten_dict(kept, sep="/")
+    return plain, without_ghosts(variables)

@@ -51,10 +51,7 @@ class _Target:
 
     def __init__(self, params: Any, sparsity: float, scope: str,
                  densities: Mapping[str, float] | None, filter_fn: paths.FilterFn | None):
-        prunable = paths.prunable(params, filter_fn)
-        if not prunable:
-            raise ValueError("no prunable parameters found (default: kernels with ndim >= 2, not "
-                             "ghost); pass a filter_fn that selects the tensors to prune")
+        prunable = paths.prunable(params, filter_fn, required=True)
         if scope == "global":
             if densities is not None:
                 raise ValueError("densities are per-layer targets and apply only to scope='layer'; "
@@ -83,8 +80,7 @@ class _Target:
 def _check(method: str, sparsity: float, scope: str, rounds: int | None) -> float:
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {list(METHODS)}")
-    if not 0.0 <= float(sparsity) < 1.0:
-        raise ValueError(f"sparsity is {sparsity}; it must lie in [0, 1) (fraction of zeros)")
+    sparsity = distributions.check_sparsity(sparsity)
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose 'global' (one ranking over all prunable "
                          "tensors) or 'layer' (per-tensor densities)")
@@ -93,7 +89,7 @@ def _check(method: str, sparsity: float, scope: str, rounds: int | None) -> floa
             raise ValueError(f"rounds applies only to 'synflow', not {method!r}; drop it")
         if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
             raise ValueError(f"synflow rounds is {rounds!r}; expected a positive int (default 100)")
-    return float(sparsity)
+    return sparsity
 
 
 @jax.jit
@@ -116,17 +112,6 @@ def _full(params: Any, chosen: Mapping[str, jax.Array]) -> Any:
     """The params-shaped mask: ``chosen`` where given, all-True elsewhere."""
     return paths.unflatten(params, {p: chosen[p] if p in chosen else _ones(np.shape(leaf))
                                     for p, leaf in paths.flatten(params).items()})
-
-
-@functools.partial(jax.jit, static_argnums=(1,))
-def _random_scores(rng: jax.Array, shapes: tuple[tuple[str, tuple[int, ...]], ...]
-                   ) -> dict[str, jax.Array]:
-    """I.i.d. uniform scores, drawn as one flat vector (one PRNG call compiles much faster than one
-    per tensor) and cut into the tensors' shapes."""
-    sizes = [int(np.prod(shape)) for _, shape in shapes]
-    flat = jax.random.uniform(rng, (sum(sizes),))
-    starts = np.cumsum([0] + sizes)
-    return {p: flat[a:b].reshape(shape) for (p, shape), a, b in zip(shapes, starts, starts[1:])}
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "structure", "input_shape", "per_layer"))
@@ -217,9 +202,8 @@ def find_mask(method: str, params: Any, sparsity: float, *,
                           SYNFLOW_ROUNDS if rounds is None else int(rounds), filter_fn)
         return _full(params, chosen)
     if method == "random":
-        prunable = paths.prunable(params, filter_fn)
-        shapes = tuple((p, tuple(np.shape(w))) for p, w in prunable.items())
-        scores = _random_scores(jax.random.key(0) if rng is None else rng, shapes)
+        shapes = {p: np.shape(w) for p, w in paths.prunable(params, filter_fn).items()}
+        scores = masks_lib.uniform_scores(jax.random.key(0) if rng is None else rng, shapes)
     else:
         scores = saliency.scores(method, params, apply_fn=apply_fn, batches=batches,
                                  temperature=temperature, filter_fn=filter_fn)

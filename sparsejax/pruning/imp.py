@@ -38,10 +38,7 @@ def imp_prune(params: Any, masks: Any, fraction: float = 0.2, *,
     if not 0.0 <= float(fraction) < 1.0:
         raise ValueError(f"IMP fraction is {fraction}; it must lie in [0, 1) (the share of the "
                          "remaining weights to prune per round, 0.2 in the lottery-ticket papers)")
-    prunable = paths.prunable(params, filter_fn)
-    if not prunable:
-        raise ValueError("no prunable parameters found (default: kernels with ndim >= 2, not "
-                         "ghost); pass a filter_fn that selects the tensors to prune")
+    prunable = paths.prunable(params, filter_fn, required=True)
     current = paths.flatten(masks)
     alive = sum(int(np.count_nonzero(np.asarray(current[p]))) for p in prunable)
     kept = masks_lib.kept_count(1.0 - float(fraction), alive)

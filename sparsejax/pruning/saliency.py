@@ -56,10 +56,7 @@ def split(params: Any, filter_fn: paths.FilterFn | None
     """
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     names = tuple(paths.path_str(p) for p, _ in leaves)
-    weights = paths.prunable(params, filter_fn)
-    if not weights:
-        raise ValueError("no prunable parameters found (default: kernels with ndim >= 2, not "
-                         "ghost); pass a filter_fn that selects the tensors to prune")
+    weights = paths.prunable(params, filter_fn, required=True)
     rest = {n: leaf for n, (_, leaf) in zip(names, leaves) if n not in weights}
     return Structure(treedef, names), weights, rest
 

@@ -1,34 +1,33 @@
 """Classification losses of the ToST recipe (ALGORITHMS.md, "Label smoothing").
 
-``label_smoothing`` gives the paper's rule y_LS = y(1 − α) + α/K (``optax.smooth_labels``) by default;
-``rule="released"`` gives the released code's variant, where the target keeps 1 − α and every other
-class gets α/(K − 1).
+Label smoothing α has two variants: ``"paper"`` (the default), y_LS = y(1 − α) + α/K
+(``optax.smooth_labels``), and ``"released"``, the released code's, where the target keeps 1 − α and
+every other class gets α/(K − 1).
 """
 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 
-RULES = ("paper", "released")
+VARIANTS = ("paper", "released")
 
 
 def smoothed_targets(labels: jax.Array, num_classes: int, smoothing: float,
-                     rule: str = "paper") -> jax.Array:
+                     variant: str = "paper") -> jax.Array:
     """Soft targets of shape ``labels.shape + (num_classes,)`` for integer ``labels``."""
-    if rule not in RULES:
-        raise ValueError(f"unknown label-smoothing rule {rule!r}; use one of {RULES}")
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown label-smoothing variant {variant!r}; use one of {VARIANTS}")
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label smoothing is {smoothing}; it must lie in [0, 1)")
     one_hot = jax.nn.one_hot(labels, num_classes)
-    if rule == "paper":
+    if variant == "paper":
         return optax.smooth_labels(one_hot, smoothing)
     return one_hot * (1.0 - smoothing) + (1.0 - one_hot) * smoothing / (num_classes - 1)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0,
-                  rule: str = "paper") -> jax.Array:
+                  variant: str = "paper") -> jax.Array:
     """Per-example softmax cross-entropy of ``logits`` [B, K] against smoothed integer ``labels`` [B]."""
-    targets = smoothed_targets(labels, logits.shape[-1], smoothing, rule)
+    targets = smoothed_targets(labels, logits.shape[-1], smoothing, variant)
     return optax.softmax_cross_entropy(logits, targets)
