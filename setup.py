@@ -4,25 +4,22 @@ from setuptools import find_packages, setup
 
 # Upper bounds are the newest releases tested here (Python 3.11, CPU).
 INSTALL_REQUIRES = [
-    "jax>=0.7.0,<0.11",
-    "jaxlib>=0.7.0,<0.11",
+    "jax>=0.10.0,<0.13",
+    "jaxlib>=0.10.0,<0.13",
     "flax>=0.11.0,<0.13",
     "optax>=0.2.5,<0.3",
     "chex>=0.1.90,<0.2",
     "ml-collections>=1.0.0,<1.2",
-    "numpy>=1.26,<2.5",
+    "numpy>=1.26,<2.6",
     "tensorflow-datasets>=4.9.8,<4.10",
     "orbax-checkpoint>=0.11.0,<0.13",
     "grain>=0.2.10,<0.3",
     "scikit-learn>=1.4,<1.10",
-    "matplotlib>=3.8,<3.12",
     "tqdm>=4.66,<5",
     "tensorboardX>=2.6,<2.7",
     "absl-py>=2.1,<3",
     "pillow>=10,<14",
-    # Preparing CIFAR with tfds needs TensorFlow (training and reading never import it), and tfds
-    # 4.9.10 uses importlib_resources without declaring it.
-    "tensorflow-cpu>=2.16,<2.22",
+    # tfds 4.9.10 uses importlib_resources without declaring it.
     "importlib-resources>=6,<8",
 ]
 
@@ -36,6 +33,9 @@ setup(
     python_requires=">=3.11,<3.14",
     install_requires=INSTALL_REQUIRES,
     extras_require={
+        # Preparing CIFAR-10/100 with tfds needs TensorFlow (~600 MB); training and reading never
+        # import it, and digits and TinyImageNet need none.
+        "cifar": ["tensorflow-cpu>=2.16,<2.22"],
         "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "pytest-timeout>=2.3,<3"],
         # PyTorch mask import. Pinned to the CPU build tested here; any torch >= 2.1 reads the files.
         "torch": ["torch==2.13.0"],

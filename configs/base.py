@@ -3,7 +3,8 @@
 Every other config starts from ``get_config()`` here and overrides what it changes. Values can be
 overridden on the command line: ``--config=configs/x.py:sparsity=0.95,runlocal`` (the file's own
 arguments, parsed by ``parse_arg``) and ``--config.mask.sparsity=0.95`` (any key; the config is locked,
-so a misspelt key fails at once).
+so a misspelt key fails at once). Every config file takes ``runlocal``, which shrinks the run to the
+embedded digits data and a ResNet-20 for a laptop (`runlocal`).
 """
 
 from __future__ import annotations
@@ -12,28 +13,56 @@ import ml_collections
 
 
 def parse_arg(arg: str | None, **defaults):
-    """Parses ``"a=1,b=x,flag"`` into a ConfigDict typed like ``defaults`` (a bare name means True)."""
+    """Parses ``"a=1,b=x,flag"`` into a ConfigDict typed like ``defaults`` (a bare name means True).
+
+    Raises ``ValueError`` naming the argument for an unknown name, a bare name that is not a switch,
+    or a value of the wrong type.
+    """
     result = ml_collections.ConfigDict(defaults)
     for item in filter(None, (arg or "").split(",")):
-        key, _, value = item.partition("=")
+        key, has_value, value = item.partition("=")
         if key not in defaults:
             raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
         default = defaults[key]
-        if not value:
-            result[key] = True
-        elif isinstance(default, bool):
-            result[key] = value.lower() in ("1", "true", "yes")
+        if isinstance(default, bool):
+            if not has_value:
+                value = "true"
+            if value.lower() not in BOOLEANS:
+                raise ValueError(f"config argument {key} is a switch; give {key} or "
+                                 f"{key}=true|false, not {value!r}")
+            result[key] = BOOLEANS[value.lower()]
+        elif not has_value or not value:
+            raise ValueError(f"config argument {key} needs a value: {key}=...")
         elif default is None:
             result[key] = value
         else:
-            result[key] = type(default)(value)
+            try:
+                result[key] = type(default)(value)
+            except ValueError:
+                raise ValueError(f"config argument {key}={value!r} is not a "
+                                 f"{type(default).__name__}") from None
     return result
 
 
+BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def runlocal(c: ml_collections.ConfigDict, epochs: int = 6) -> ml_collections.ConfigDict:
+    """Shrinks ``c`` for a laptop: the embedded digits data, a ResNet-20, ``epochs`` epochs, with the
+    lr decays (and warm-up) at the same fractions of training as in ``c``."""
+    scale = epochs / c.num_epochs
+    c.data.name, c.model.name, c.num_epochs = "digits", "resnet20", epochs
+    decays = sorted({min(max(round(e * scale), 1), epochs) for e in c.optimizer.decay_epochs})
+    c.optimizer.decay_epochs = tuple(decays)
+    c.optimizer.warmup_epochs = min(c.optimizer.warmup_epochs, 1)
+    return c
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
+    args = parse_arg(arg, runlocal=False)
     c = ml_collections.ConfigDict()
     c.name = "base"
+    c.mode = "train"  # train (one run) | compare (the runs of c.compare) | lottery (IMP rounds)
     c.seed = 0
     c.num_epochs = 180
     c.batch_size = 128  # global batch, split over all devices and hosts
@@ -56,7 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.warmup_epochs = 0  # linear warm-up from 0
 
     c.mask = ml_collections.ConfigDict()
-    c.mask.method = "random"  # dense | random | file | magnitude | snip | grasp | synflow
+    c.mask.method = "random"  # dense | file | random | magnitude | snip | grasp | synflow
     c.mask.sparsity = 0.9
     c.mask.distribution = "erk"  # uniform | er | erk (random masks, scope='layer' finders)
     c.mask.scope = "global"  # finders: global | layer
@@ -71,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dst.end_fraction = 0.75  # mask updates stop at this fraction of training
     c.dst.drop_fraction = 0.3
     c.dst.drop_schedule = "cosine"  # constant | cosine | exponential
-    c.dst.grow_gradient_fraction = 0.5  # GGR
+    c.dst.options = ml_collections.ConfigDict()  # the rule's own, e.g. GGR's grow_gradient_fraction
 
     c.tost = ml_collections.ConfigDict()
     c.tost.ghost_skip = ""  # '' (off) | identity | conv1x1
@@ -82,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.tost.beta_shape = "linear"  # linear | exponential
     c.tost.removal = "first_decay"  # first_decay | after_first_decay | never
     c.tost.label_smoothing = 0.0  # the paper uses 0.1
-    c.tost.label_smoothing_rule = "paper"  # paper | released
+    c.tost.label_smoothing_variant = "paper"  # paper | released
 
     c.init = ml_collections.ConfigDict()
     c.init.variables_file = ""  # start from these variables (.npz) instead of a fresh init
@@ -93,4 +122,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.keep_checkpoints = 2
     c.progress = True  # progress bar with steps/s and ETA
-    return c
+    return runlocal(c) if args.runlocal else c

@@ -6,7 +6,8 @@ first, with a drop fraction decaying by cosine from 10% to 0 at half of training
 connectivity trained for the rest. The paper states neither momentum nor weight decay; this keeps the
 base recipe's 0.9 and 2e-4. ``--config=configs/dst.py:method=ggr,dataset=cifar100,distribution=erk``;
 arguments ``method`` (static | set | rigl | dsr | ggr), ``dataset`` (cifar10 | cifar100 |
-tiny_imagenet), ``model``, ``distribution`` (uniform | erk), ``sparsity``.
+tiny_imagenet), ``model``, ``distribution`` (uniform | erk), ``sparsity``, ``grow_gradient_fraction``
+(GGR's share grown at the largest gradients), ``runlocal`` (digits, ResNet-20, 6 epochs).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from configs import base
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = base.parse_arg(arg, method="ggr", dataset="cifar100", model="resnet18",
-                          distribution="erk", sparsity=0.9)
+                          distribution="erk", sparsity=0.9, grow_gradient_fraction=0.5,
+                          runlocal=False)
     c = base.get_config()
     c.name = f"dst_{args.method}_{args.dataset}_{args.model}_{args.distribution}_{args.sparsity}"
     c.data.name = args.dataset
@@ -37,4 +39,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dst.end_fraction = 0.5
     c.dst.drop_fraction = 0.1
     c.dst.drop_schedule = "cosine"
-    return c
+    if args.method == "ggr":  # paper 004's "GGR SET" / "GGR RigL" rows: 0 / 1
+        c.dst.options.grow_gradient_fraction = args.grow_gradient_fraction
+    return base.runlocal(c) if args.runlocal else c

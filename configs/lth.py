@@ -16,7 +16,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = base.parse_arg(arg, rounds=5, rewind_epoch=0, tost=False, runlocal=False)
     c = base.get_config()
     c.name = "lth"
-    c.mask.method = "lth"
+    c.mode = "lottery"
     c.lottery = ml_collections.ConfigDict()
     c.lottery.rounds = args.rounds
     c.lottery.fraction = 0.2  # of the remaining weights, per round
@@ -25,7 +25,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lottery.final_recipe = args.tost  # train the final ticket with the tost settings below
     if args.tost:
         c.tost.ghost_skip, c.tost.ghost_swish, c.tost.label_smoothing = "identity", True, 0.1
-    if args.runlocal:
-        c.data.name, c.model.name = "digits", "resnet20"
-        c.num_epochs, c.optimizer.decay_epochs = 6, (3, 5)
-    return c
+    return base.runlocal(c) if args.runlocal else c

@@ -1,7 +1,8 @@
 """``python -m launch --config=configs/X.py[:args] [--workdir=DIR] [--config.key=value ...]``.
 
-Parses flags into a locked ml-collections config and calls ``sparsejax.train``. Bad input ends with one
-line on stderr and exit code 2; nothing else is printed for it.
+Parses flags into a locked ml-collections config, checks it, and runs its ``mode``: one training run,
+the variants of a comparison, or lottery-ticket rounds. A user's mistake (flag, config, workdir, data,
+file) ends with one line on stderr and exit code 2; a bug in sparsejax keeps its traceback.
 """
 
 from __future__ import annotations
@@ -22,17 +23,34 @@ flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of proce
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
+# What flag parsing and config loading raise for a bad flag, a missing or misspelt config file, or a
+# bad ``:args`` / ``--config.key=value``.
+FLAG_ERRORS = (flags.Error, ValueError, TypeError, KeyError, AttributeError, OSError)
+
 
 def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {' '.join(message.split()) or 'bad input'}", file=sys.stderr)
     sys.exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
     try:
         return FLAGS(argv)
-    except (flags.Error, ValueError, TypeError, KeyError, AttributeError, OSError) as e:
-        fail(" ".join(str(e).split()) or type(e).__name__)
+    except FLAG_ERRORS as e:
+        fail(str(e) or type(e).__name__)
+
+
+def load_config():
+    """The config; ml-collections loads the file at first access, so its errors surface here."""
+    config = FLAGS.config
+    if config is None:
+        fail("no config given; pass --config=configs/quickstart.py (or another file in configs/)")
+    try:
+        config.keys()
+    except FLAG_ERRORS as e:
+        reason = ([line.strip() for line in str(e).splitlines() if line.strip()] or [""])[-1]
+        fail(f"cannot load config {config_flags.get_config_filename(FLAGS['config'])!r}: {reason}")
+    return config
 
 
 def multi_host() -> bool:
@@ -44,37 +62,35 @@ def multi_host() -> bool:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.ERROR)  # tfds/orbax chatter off: bad input stays one line
+    logging.set_verbosity(logging.FATAL)  # tfds/orbax chatter (even their errors) off: one line
+    config = load_config()
     import jax
     from sparsejax import lottery, train
+    from sparsejax.errors import UserError
+    from sparsejax.train import build
 
-    if FLAGS.config is None:
-        fail("no config given; pass --config=configs/quickstart.py (or another file in configs/)")
     if multi_host():
         if os.environ.get("JAX_PLATFORMS", "") == "cpu":  # CPU hosts talk through gloo
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    config = FLAGS.config
     workdir = FLAGS.workdir or os.path.join("runs", config.name)
-    logging.info("process %d/%d, %d devices, workdir %s", jax.process_index(), jax.process_count(),
-                 jax.device_count(), workdir)
+    runs = {"train": (train.train_and_evaluate, summary_line),
+            "compare": (train.run_variants, train.comparison_table),
+            "lottery": (lottery.run, lottery.table)}
     try:
-        if config.mask.method == "lth":
-            records = lottery.run(config, workdir)
-            if jax.process_index() == 0:
-                print(lottery.table(records))
-        elif "compare" in config:
-            summaries = train.run_variants(config, workdir)
-            if jax.process_index() == 0:
-                print(train.comparison_table(summaries))
-        else:
-            summary = train.train_and_evaluate(config, workdir)
-            if jax.process_index() == 0:
-                print(f"test accuracy {summary['test_accuracy']:.4f} (best validation), "
-                      f"{summary['final_test_accuracy']:.4f} (final), sparsity "
-                      f"{summary['sparsity']:.4f}; summary in {workdir}/summary.json")
-    except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
-        fail(" ".join(str(e).split()))
+        build.check(config)
+        run, show = runs[config.mode]
+        result = run(config, workdir)
+    except UserError as e:
+        fail(str(e))
+    if jax.process_index() == 0:
+        print(show(result))
+        print(f"results in {workdir}")
+
+
+def summary_line(summary: dict) -> str:
+    return (f"test accuracy {summary['test_accuracy']:.4f} (best validation), "
+            f"{summary['final_test_accuracy']:.4f} (final), sparsity {summary['sparsity']:.4f}")
 
 
 if __name__ == "__main__":

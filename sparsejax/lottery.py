@@ -9,13 +9,14 @@ the next round starts from the rewound weights under the new mask, so round r tr
 ticket with the config's own recipe when ``config.lottery.final_recipe`` is set (ToST on LTH masks).
 
 Every round has its own directory ``workdir/round_<r>`` (with ``mask.npz``, its checkpoints and
-summary); ``workdir/lottery.json`` records each finished round's sparsity and accuracies. Relaunching
-resumes: finished rounds are read back, an interrupted round resumes from its checkpoint.
+summary; from round 1 on, its ``rewind.npz`` holds the variables the round started from);
+``workdir/lottery.json`` records each finished round's sparsity and accuracies. Relaunching resumes:
+finished rounds are read back, an interrupted round resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
-import json
+import os
 import pathlib
 
 import jax
@@ -23,7 +24,10 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from sparsejax import masks as masks_lib, paths, pruning, train
+from sparsejax import files, masks as masks_lib, paths, pruning
+from sparsejax.errors import TrainError
+from sparsejax.train import FINAL_VARIABLES, REWIND_VARIABLES, build, train_and_evaluate
+from sparsejax.train import workdir as workdir_lib
 
 MASK_FILE = "mask.npz"
 
@@ -32,16 +36,17 @@ def _round_config(config: ml_collections.ConfigDict, r: int, workdir: pathlib.Pa
                   ) -> ml_collections.ConfigDict:
     lt = config.lottery
     c = ml_collections.ConfigDict(config.to_dict())
-    c.name = f"{config.name}/round_{r}"
+    c.name, c.mode = f"{config.name}/round_{r}", "train"
     if r < lt.rounds or not lt.final_recipe:  # the search itself is plain training
         c.tost.ghost_skip, c.tost.ghost_swish, c.tost.label_smoothing = "", False, 0.0
-    c.dst.method = "static"
+    c.dst.method, c.dst.options = "static", {}
     if r == 0:
         c.mask.method = "dense"
         c.init.save_at_epoch = lt.rewind_epoch
-    else:
+    else:  # its own rewind.npz: the variables this round starts from
         c.mask.method, c.mask.file = "file", str(workdir / f"round_{r}" / MASK_FILE)
-        c.init.variables_file = str(workdir / "round_0" / "rewind.npz")
+        c.init.variables_file = str(workdir / "round_0" / REWIND_VARIABLES)
+        c.init.save_at_epoch = 0
     return c
 
 
@@ -49,33 +54,34 @@ def _conv_kernels(path: str, leaf) -> bool:
     return np.ndim(leaf) == 4 and paths.default_filter(path, leaf)
 
 
-def _read(path: pathlib.Path) -> dict:
-    with np.load(path, allow_pickle=False) as stored:
-        return traverse_util.unflatten_dict({k: stored[k] for k in stored.files}, sep="/")
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> list[dict]:
     """Runs (or resumes) the IMP rounds; returns one record per round."""
+    build.check(config)
+    with workdir_lib.locked(workdir) as workdir:
+        return _rounds(config, workdir)
+
+
+def _rounds(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> list[dict]:
     lt = config.lottery
-    if lt.rounds < 1 or not 0.0 < lt.fraction < 1.0 or lt.rewind_epoch < 0:
-        raise train.TrainError(f"lottery needs rounds >= 1, 0 < fraction < 1 and rewind_epoch >= 0; "
-                               f"got rounds={lt.rounds}, fraction={lt.fraction}, "
-                               f"rewind_epoch={lt.rewind_epoch}")
-    workdir = pathlib.Path(workdir)
     records = []
     for r in range(lt.rounds + 1):
         rdir = workdir / f"round_{r}"
         c = _round_config(config, r, workdir)
-        summary = train.train_and_evaluate(c, rdir)
+        summary = train_and_evaluate(c, rdir)
         records.append({"round": r, "sparsity": summary["sparsity"],
                         "test_accuracy": summary["test_accuracy"],
                         "final_test_accuracy": summary["final_test_accuracy"],
                         "mask_file": str(rdir / MASK_FILE) if r else None})
         if jax.process_index() == 0:
-            train.write_atomic(workdir / "lottery.json", json.dumps(records, indent=2))
+            workdir_lib.write_json(workdir / "lottery.json", records)
         if r == lt.rounds:
             break
-        params = _read(rdir / train.FINAL_VARIABLES)["params"]
+        try:
+            final = files.read_npz(rdir / FINAL_VARIABLES, "variables file", f"delete {rdir}")
+        except FileNotFoundError:
+            raise TrainError(f"{rdir} has a summary but no {FINAL_VARIABLES}; delete {rdir} to "
+                             "train that round again") from None
+        params = traverse_util.unflatten_dict(final, sep="/")["params"]
         masks = (masks_lib.ones_like(params) if r == 0 else
                  masks_lib.load(rdir / MASK_FILE, params))
         filter_fn = None if lt.prune_dense else _conv_kernels

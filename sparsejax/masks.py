@@ -61,13 +61,17 @@ def from_scores(scores: Any, densities: Densities) -> Any:
     check_densities(scores, densities)
     _check_finite(scores, densities)
     flat = paths.flatten(scores)
-    out = {}
-    for path, s in flat.items():
-        if path in densities:
-            out[path] = topk.mask(s, kept_count(float(densities[path]), int(np.size(s))))
-        else:
-            out[path] = jnp.ones(jnp.shape(s), bool)
-    return paths.unflatten(scores, out)
+    kept = tuple((path, kept_count(float(densities[path]), int(np.size(s))))
+                 for path, s in flat.items() if path in densities)
+    chosen = _top_k({path: flat[path] for path, _ in kept}, kept)
+    return paths.unflatten(scores, {path: chosen[path] if path in chosen
+                                    else jnp.ones(jnp.shape(s), bool) for path, s in flat.items()})
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _top_k(scores: dict[str, jax.Array], kept: tuple[tuple[str, int], ...]) -> dict[str, jax.Array]:
+    """All tensors' top-k in one compiled program (a program per tensor shape compiled slowly)."""
+    return {path: topk.mask(scores[path], k) for path, k in kept}
 
 
 @functools.partial(jax.jit, static_argnums=(1,))

@@ -1,4 +1,4 @@
-"""Every config file builds, and trains on the embedded digits data (the models shrunk to ResNet-20)."""
+"""Every config file builds with ``runlocal`` and trains an epoch on the embedded digits data."""
 
 from __future__ import annotations
 
@@ -8,20 +8,23 @@ import pathlib
 import pytest
 
 from sparsejax import lottery, train
+from sparsejax.train import build
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
                  if p.stem != "__init__")
-SLOW = [pytest.mark.slow]  # the DST rules and finders have unit tests of their own
+# Slow: the loop has in-process tests (test_train_modules), the modes runs of their own (the
+# quickstart's compare here, tests/test_lottery.py), the rules and finders unit tests.
+SLOW = [pytest.mark.slow]
 CASES = [
-    pytest.param("base", None),
-    pytest.param("quickstart", None),
-    pytest.param("tost", "mask=snip,sparsity=0.95"),
-    pytest.param("tost", "model=resnet50,mask=synflow", marks=SLOW),
-    pytest.param("dst", "method=ggr"),
-    pytest.param("dst", "method=rigl,distribution=uniform", marks=SLOW),
-    pytest.param("dst", "method=set", marks=SLOW),
-    pytest.param("dst", "method=dsr", marks=SLOW),
-    pytest.param("lth", "runlocal,rounds=1,tost"),
+    pytest.param("base", "runlocal", marks=SLOW),
+    pytest.param("quickstart", "runlocal"),
+    pytest.param("tost", "runlocal,mask=snip,sparsity=0.95", marks=SLOW),
+    pytest.param("tost", "runlocal,model=resnet50,mask=synflow", marks=SLOW),
+    pytest.param("dst", "runlocal,method=ggr", marks=SLOW),
+    pytest.param("dst", "runlocal,method=rigl,distribution=uniform", marks=SLOW),
+    pytest.param("dst", "runlocal,method=set", marks=SLOW),
+    pytest.param("dst", "runlocal,method=dsr", marks=SLOW),
+    pytest.param("lth", "runlocal,rounds=1,tost", marks=SLOW),
 ]
 
 
@@ -29,22 +32,32 @@ def test_every_config_file_is_covered():
     assert sorted({case.values[0] for case in CASES}) == CONFIGS
 
 
-def tiny(config):
-    config.data.name, config.num_epochs, config.batch_size, config.progress = "digits", 1, 128, False
-    config.optimizer.decay_epochs = (1,)
-    if config.model.name != "resnet20":
-        config.model.name = "resnet20"
-    return config
+@pytest.mark.parametrize("name", CONFIGS)
+def test_full_scale_config_is_valid(name):
+    """The full-scale configs (CIFAR, 180 epochs) pass the up-front check as they are."""
+    config = importlib.import_module(f"configs.{name}").get_config()
+    build.check(config)
+    assert config.data.name != "digits" or name == "quickstart"
+
+
+def test_runlocal_keeps_the_schedule_shape():
+    from configs import dst
+    c = dst.get_config("runlocal")
+    assert (c.data.name, c.model.name, c.num_epochs) == ("digits", "resnet20", 6)
+    assert c.optimizer.decay_epochs == (2, 4, 5)  # epochs 30/60/80 of 100 (CIFAR-100)
 
 
 @pytest.mark.parametrize("name, arg", CASES)
 def test_config_trains_one_epoch(tmp_path, name, arg):
-    config = tiny(importlib.import_module(f"configs.{name}").get_config(arg))
-    if config.mask.method == "lth":
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    config.num_epochs, config.optimizer.decay_epochs, config.progress = 1, (1,), False
+    config.optimizer.warmup_epochs, config.dst.start_epoch = 0, 0
+    build.check(config)
+    if config.mode == "lottery":
         records = lottery.run(config, tmp_path)
         assert [r["round"] for r in records] == [0, 1]
         return
-    if "compare" in config:
+    if config.mode == "compare":
         summaries = train.run_variants(config, tmp_path)
         assert set(summaries) == {"vanilla", "tost"}
         return

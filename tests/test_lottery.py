@@ -59,9 +59,16 @@ def test_rewinds_to_the_weights_of_the_rewind_epoch(run):
     assert saved.keys() == {k[len("params/"):] for k in rewind if k.startswith("params/")}
     for path, value in saved.items():
         np.testing.assert_array_equal(rewind[f"params/{path}"], value, err_msg=path)
-    # Round 1 starts from those weights under its mask: its initial state is written nowhere, but
-    # its mask file must fit the rewound params and prune only weights the ticket removed.
-    mask = npz(workdir / "round_1" / lottery.MASK_FILE)
-    kept = sum(int(m.sum()) for p, m in mask.items() if m.ndim >= 2)
-    total = sum(m.size for p, m in mask.items() if m.ndim >= 2)
-    assert kept == masks_lib.kept_count(0.8, total)
+    # Every later round starts from those weights under its own mask (its rewind.npz is step 0).
+    for r in (1, 2, 3):
+        mask = npz(workdir / f"round_{r}" / lottery.MASK_FILE)
+        start = npz(workdir / f"round_{r}" / "rewind.npz")
+        assert start.keys() == rewind.keys()
+        for key, value in rewind.items():
+            path = key.removeprefix("params/")
+            expected = np.where(mask[path], value, 0) if key.startswith("params/") else value
+            np.testing.assert_array_equal(start[key], expected, err_msg=f"round {r}: {key}")
+        expected = sum(m.size for p, m in mask.items() if m.ndim >= 2)
+        for _ in range(r):  # 20% of the remaining weights per round
+            expected = masks_lib.kept_count(0.8, expected)
+        assert sum(int(m.sum()) for p, m in mask.items() if m.ndim >= 2) == expected

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import pathlib
-import random
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 
+import chex
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from sparsejax import paths
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.num_epochs=4", "--config.batch_size=64", "--config.progress=False"]
+# Slow: long runs (CI runs them with --runslow), and bad input that takes the same one-line path as a
+# faster case (the checks themselves are tested in process, tests/test_train_modules.py).
+SLOW = pytest.mark.slow
 
 
 def env(devices: int = 1) -> dict[str, str]:
@@ -39,50 +47,93 @@ def final_state(workdir: pathlib.Path) -> dict:
         return ckpt.restore((workdir / "checkpoints" / str(step) / "state").absolute())
 
 
-def flat(tree, prefix=""):
-    if isinstance(tree, dict):
-        out = {}
-        for k, v in tree.items():
-            out.update(flat(v, f"{prefix}/{k}"))
-        return out
-    if isinstance(tree, (list, tuple)):
-        out = {}
-        for i, v in enumerate(tree):
-            out.update(flat(v, f"{prefix}/{i}"))
-        return out
-    return {prefix: np.asarray(tree)}
+def flat(tree) -> dict:
+    return {k: np.asarray(v) for k, v in paths.flatten(tree).items()}
 
 
-def test_kill_and_resume_is_bit_identical(tmp_path):
-    config = "--config=configs/quickstart.py:variant=tost"
-    whole = launch(config, f"--workdir={tmp_path / 'whole'}", *TINY)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> pathlib.Path:
+    """An uninterrupted run of the kill test's config."""
+    workdir = tmp_path_factory.mktemp("whole")
+    result = launch(KILLED, f"--workdir={workdir}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
 
+
+def assert_same_run(a: pathlib.Path, b: pathlib.Path) -> None:
+    """Final checkpoints bit-identical, and the same metrics and summary."""
+    chex.assert_trees_all_equal(flat(final_state(a)), flat(final_state(b)))
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    assert json.loads((a / "summary.json").read_text()) == json.loads((b / "summary.json").read_text())
+
+
+def resumed_from(result: subprocess.CompletedProcess) -> int:
+    found = re.search(r"resuming from step (\d+)", result.stdout)
+    assert found, result.stdout[-2000:]
+    return int(found.group(1))
+
+
+KILLED = "--config=configs/quickstart.py:variant=tost,epochs=4"  # ghosts removed at step 40
+STEPS_PER_EPOCH = 20  # digits: 1,293 training images in batches of 64
+TOTAL = 4 * STEPS_PER_EPOCH
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path, whole):
+    """Stopped in its second epoch (after the first checkpoint), a second launch on the same workdir
+    is refused; killed, a relaunch resumes from that checkpoint and ends as the uninterrupted run."""
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "launch", config, f"--workdir={killed}", *TINY],
+    proc = subprocess.Popen([sys.executable, "-m", "launch", KILLED, f"--workdir={killed}", *TINY],
                             cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        ckpts = killed / "checkpoints"
-        if ckpts.exists() and any(p.name.isdigit() for p in ckpts.iterdir()):
+    metrics, deadline = killed / "metrics.jsonl", time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:  # past the first checkpoint
+        if metrics.exists() and any(json.loads(line)["step"] > STEPS_PER_EPOCH
+                                    for line in metrics.read_text().splitlines()[:-1]):
             break
-        time.sleep(0.2)
-    time.sleep(random.Random(0).uniform(0.0, 2.0))  # somewhere after the first checkpoint
-    assert proc.poll() is None, "run ended before it could be killed; make it longer"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    resumed = launch(config, f"--workdir={killed}", *TINY)
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)  # frozen: it holds the workdir's lock and cannot finish
+    assert proc.poll() is None, "the run ended before it could be stopped"
+    try:
+        second = launch(KILLED, f"--workdir={killed}", *TINY)
+        line = one_line_error(second)
+        assert "in use by process" in line and str(proc.pid) in line and str(killed) in line, line
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    resumed = launch(KILLED, f"--workdir={killed}", *TINY)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert STEPS_PER_EPOCH <= resumed_from(resumed) < TOTAL
+    assert_same_run(whole, killed)
+    assert not any(paths.is_ghost(k) for k in flat(final_state(killed))), "ghosts must be gone"
 
-    a, b = flat(final_state(tmp_path / "whole")), flat(final_state(killed))
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert (tmp_path / "whole" / "metrics.jsonl").read_text() == (killed / "metrics.jsonl").read_text()
-    sa = json.loads((tmp_path / "whole" / "summary.json").read_text())
-    sb = json.loads((killed / "summary.json").read_text())
-    assert sa == sb
-    assert not any(k.split("/")[-1].startswith("ghost") for k in a), "ghosts must be gone at the end"
+
+@SLOW
+def test_damaged_latest_checkpoint_resumes_from_the_one_before(tmp_path, whole):
+    """Garbage in every file of the newest checkpoint: the relaunch says so, sets it aside, resumes
+    from the one before and ends as the uninterrupted run; with no readable one it stops."""
+    workdir = tmp_path / "run"
+    shutil.copytree(whole, workdir)
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [3 * STEPS_PER_EPOCH, TOTAL]
+
+    def damage(step: int) -> None:
+        for f in (workdir / "checkpoints" / str(step)).rglob("*"):
+            if f.is_file():
+                f.write_bytes(gzip.compress(b"not a checkpoint"))
+
+    damage(TOTAL)
+    result = launch(KILLED, f"--workdir={workdir}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"checkpoint step {TOTAL} is unreadable" in result.stdout, result.stdout[-2000:]
+    assert resumed_from(result) == 3 * STEPS_PER_EPOCH
+    assert (workdir / "damaged_checkpoints" / str(TOTAL)).is_dir()
+    assert_same_run(whole, workdir)
+
+    for step in steps:
+        damage(step)
+    metrics = (workdir / "metrics.jsonl").read_text()
+    line = one_line_error(launch(KILLED, f"--workdir={workdir}", *TINY))
+    assert "no checkpoint" in line and "can be read" in line, line
+    assert (workdir / "metrics.jsonl").read_text() == metrics, "nothing may be overwritten"
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -94,11 +145,20 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--config.mask.sparsityy=0.5"], "sparsityy"),
-    (["--config.mask.sparsity=1.5"], "sparsity"),
-    (["--config.model.name=resnet9"], "resnet9"),
-    (["--config.data.name=imagenet"], "imagenet"),
-    (["--config.mask.method=file", "--config.mask.file=/nonexistent/mask.npz"], "mask.npz"),
+    (["--config.mask.sparsityy=0.5"], "sparsityy"),  # flags
+    (["--config=configs/no_such_config.py"], "no_such_config.py"),  # config files
+    (["--config=configs/quickstart.py:variant=vanilla,epochz=3"], "epochz"),
+    (["--config.mode=sweep"], "mode"),  # build.check
+    (["--config.data.name=cifar10", "--config.data.data_dir=/nonexistent/tfds"],
+     "cifar-10-binary.tar.gz"),  # data
+    (["--config.mask.method=file", "--config.mask.file=configs/base.py"], "not a sparsejax"),
+    pytest.param(["--config.optimizer.learning_rate=1e9"], "no checkpoint was written yet",
+                 marks=SLOW),
+    pytest.param(["--config.mask.sparsity=1.5"], "sparsity", marks=SLOW),
+    pytest.param(["--config.model.name=resnet9"], "resnet9", marks=SLOW),
+    pytest.param(["--config.data.name=imagenet"], "imagenet", marks=SLOW),
+    pytest.param(["--config.mask.method=file", "--config.mask.file=/nonexistent/mask.npz"],
+                 "mask.npz", marks=SLOW),
 ])
 def test_bad_config_fails_with_one_line(tmp_path, args, words):
     result = launch("--config=configs/quickstart.py:variant=vanilla", f"--workdir={tmp_path}/w",
@@ -106,6 +166,25 @@ def test_bad_config_fails_with_one_line(tmp_path, args, words):
     assert words in one_line_error(result)
 
 
+def test_no_config_fails_with_one_line():
+    assert "no config given" in one_line_error(launch())
+
+
+@pytest.mark.parametrize("error", ["ValueError", "KeyError"])
+def test_a_bug_keeps_its_traceback(tmp_path, error):
+    """Only sparsejax's own UserError becomes one line; anything else is a bug and shows where."""
+    code = (f"import runpy, sparsejax.train as t\n"
+            f"def bug(*a): raise {error}('injected bug')\n"
+            "t.train_and_evaluate = bug\n"
+            "runpy.run_module('launch', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code, "--config=configs/quickstart.py:variant=vanilla",
+                             f"--workdir={tmp_path}"], cwd=REPO, env=env(), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "injected bug" in result.stderr, result.stderr[-2000:]
+
+
+@SLOW
 def test_missing_dataset_says_how_to_get_it(tmp_path):
     result = launch("--config=configs/quickstart.py:variant=vanilla", f"--workdir={tmp_path}/w",
                     *TINY, "--config.data.name=tiny_imagenet", f"--config.data.data_dir={tmp_path}",
@@ -113,6 +192,7 @@ def test_missing_dataset_says_how_to_get_it(tmp_path):
     assert "tiny-imagenet-200.zip" in one_line_error(result)
 
 
+@SLOW
 def test_mask_file_of_another_model_is_refused(tmp_path):
     import jax
     import jax.numpy as jnp
@@ -161,6 +241,7 @@ def one_device(tmp_path_factory) -> pathlib.Path:
     return workdir
 
 
+@SLOW
 def test_eight_devices_match_one(tmp_path, one_device):
     eight = launch(*PARALLEL, f"--workdir={tmp_path}", devices=8)
     assert eight.returncode == 0, eight.stderr[-3000:]
@@ -188,6 +269,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@SLOW
 def test_two_processes_match_one(tmp_path, one_device):
     """The run as a 2-host job (2 devices each, gloo collectives on localhost) equals 1 process × 1
     device. Checks params and batch_stats (``final_variables.npz``: orbax checkpoints written by 2

@@ -1,0 +1,198 @@
+"""What a run is made of, from its config: checked once up front, then the model, the optimizer (one
+``sparse_training`` transformation for the whole run, ghost phase included), the α/β inputs of the
+ghost phase, and the masks the run starts from.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import optax
+from flax import traverse_util
+
+from sparsejax import data as data_lib
+from sparsejax import distributions, dst, masks as masks_lib, models, nn, paths, pruning, schedules
+from sparsejax.dst import timing
+from sparsejax.errors import TrainError, UserError
+from sparsejax.recipe import losses
+from sparsejax.train import plan as plan_lib
+from sparsejax.train.plan import Plan
+
+MODES = ("train", "compare", "lottery")  # one run; config.compare's variants; IMP rounds
+MASK_METHODS = ("dense", "file", *pruning.METHODS)
+TORCH_SUFFIXES = (".pt", ".pth", ".tar")  # mask.file from PyTorch (sparsejax.pruning.load_torch_masks)
+
+
+def _choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise TrainError(f"{key} is {value!r}; use one of {', '.join(map(str, choices))}")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Raises `TrainError` (one line naming the key and the fix) for a config that cannot run."""
+    _choice("mode", config.mode, MODES)
+    if config.mode == "compare" and not config.get("compare"):
+        raise TrainError("mode is 'compare' but the config has no compare variants; add "
+                         "config.compare = {name: overrides} or use mode 'train'")
+    if config.mode == "lottery":
+        if "lottery" not in config:
+            raise TrainError("mode is 'lottery' but the config has no lottery settings; start "
+                             "from configs/lth.py")
+        lt = config.lottery
+        if lt.rounds < 1 or not 0.0 < lt.fraction < 1.0 or lt.rewind_epoch < 0:
+            raise TrainError(f"lottery needs rounds >= 1, 0 < fraction < 1 and rewind_epoch >= 0; "
+                             f"got rounds={lt.rounds}, fraction={lt.fraction}, "
+                             f"rewind_epoch={lt.rewind_epoch}")
+    for key in ("num_epochs", "batch_size", "log_every_steps", "eval_every_epochs",
+                "checkpoint_every_epochs"):
+        if config[key] <= 0:
+            raise TrainError(f"{key} is {config[key]}; it must be a positive integer")
+    if config.batch_size % jax.device_count():
+        raise TrainError(f"batch_size {config.batch_size} is not divisible by the "
+                         f"{jax.device_count()} devices; choose a multiple")
+    _choice("data.name", config.data.name, data_lib.NAMES)
+    _choice("model.name", config.model.name, tuple(models.MODELS))
+    _choice("model.activation", config.model.activation, nn.ACTIVATIONS)
+    m = config.mask
+    _choice("mask.method", m.method, MASK_METHODS)
+    _choice("mask.distribution", m.distribution, distributions.NAMES)
+    _choice("mask.scope", m.scope, pruning.SCOPES)
+    try:
+        distributions.check_sparsity(m.sparsity)
+    except ValueError as e:
+        raise TrainError(f"mask.{e}") from None
+    if m.method == "file" and not m.file:
+        raise TrainError("mask.method is 'file' but mask.file is empty; pass "
+                         "--config.mask.file=PATH.npz (made by sparsejax.masks.save) or a PyTorch .pt")
+    d = config.dst
+    _choice("dst.method", d.method, dst.METHODS)
+    _choice("dst.drop_schedule", d.drop_schedule, timing.DROP_SCHEDULES)
+    t = config.tost
+    _choice("tost.ghost_skip", t.ghost_skip, ("", *nn.GHOST_KINDS))
+    _choice("tost.alpha_shape", t.alpha_shape, schedules.ALPHA_SHAPES)
+    _choice("tost.beta_shape", t.beta_shape, schedules.BETA_SHAPES)
+    _choice("tost.removal", t.removal, schedules.REMOVALS)
+    _choice("tost.label_smoothing_variant", t.label_smoothing_variant, losses.VARIANTS)
+    if not 0.0 <= t.label_smoothing < 1.0:
+        raise TrainError(f"tost.label_smoothing is {t.label_smoothing}; it must lie in [0, 1)")
+    if m.method in ("snip", "grasp") and m.batches <= 0:
+        raise TrainError(f"mask.batches is {m.batches}; {m.method} needs at least one batch")
+    try:  # what only the constructors know: a model's ghost skips, a rule's options, the schedules
+        model(config, 10)
+        plan = plan_lib.make(config, steps_per_epoch=1)
+        ghost_inputs(config, plan)
+        optimizer(config, plan, masks=None)  # the masks are needed only by its init
+    except ValueError as e:
+        raise TrainError(" ".join(str(e).split())) from None
+    if config.mode == "compare":  # every variant, before the first one trains
+        for name in config.compare:
+            check(variant(config, name))
+
+
+def variant(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """``config`` with the overrides of ``config.compare[name]``, as a plain train run."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    del c["compare"]
+    c.update_from_flattened_dict(traverse_util.flatten_dict(config.compare[name].to_dict(), sep="."))
+    c.name, c.mode = f"{config.name}/{name}", "train"
+    return c
+
+
+def init_inputs(config: ml_collections.ConfigDict) -> dict[str, float]:
+    """The ghost inputs ``model.init`` needs (ghost skips are created only when α is given)."""
+    return {"alpha": 1.0} if config.tost.ghost_skip else {}
+
+
+def model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
+    """The network of the ghost phase (or the plain one if the run has no ghosts)."""
+    activation = "pswish" if config.tost.ghost_swish else config.model.activation
+    return models.build(config.model.name, num_classes, activation=activation,
+                        ghost_skip=config.tost.ghost_skip or None)
+
+
+def learning_rate(config: ml_collections.ConfigDict, plan: Plan) -> optax.Schedule:
+    """Piecewise-constant lr (× decay_factor at each boundary) after an optional linear warm-up."""
+    o, warmup = config.optimizer, plan.warmup_steps
+    decay = optax.piecewise_constant_schedule(
+        o.learning_rate, {b - warmup: o.decay_factor for b in plan.lr_boundaries if b > warmup})
+    if not warmup:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, o.learning_rate, warmup), decay],
+                                [warmup])
+
+
+def optimizer(config: ml_collections.ConfigDict, plan: Plan, masks: Any
+              ) -> optax.GradientTransformation:
+    """SGD with momentum and weight decay inside ``sparse_training`` (masks live in its state).
+
+    ``masks`` are used only by ``init``; the same transformation updates the ghosted and the plain
+    params, since its state is keyed by parameter path and loses its ghost entries with them.
+    """
+    o, d = config.optimizer, config.dst
+    inner = optax.chain(optax.add_decayed_weights(o.weight_decay),
+                        optax.sgd(learning_rate(config, plan), o.momentum))
+    return dst.sparse_training(
+        inner, masks, method=d.method, update_every=plan.dst_every, start_step=plan.dst_start,
+        end_step=plan.dst_end, drop_fraction=d.drop_fraction, drop_schedule=d.drop_schedule,
+        seed=config.seed, **d.options)
+
+
+def ghost_inputs(config: ml_collections.ConfigDict, plan: Plan
+                 ) -> Callable[[jax.Array], dict[str, jax.Array]]:
+    """``step -> {"alpha": α(step), "beta": β(step)}`` (traced) for the model's ghost inputs."""
+    t = config.tost
+    alpha = schedules.ghost_alpha(plan.ghost_end, t.alpha_shape) if t.ghost_skip else None
+    beta = (schedules.ghost_beta(t.beta0, t.beta_max if plan.ghost_end else t.beta0,
+                                 plan.ghost_end, t.beta_shape) if t.ghost_swish else None)
+
+    def inputs(step):
+        return {name: f(step) for name, f in (("alpha", alpha), ("beta", beta)) if f is not None}
+
+    return inputs
+
+
+def overlay(tree: Any, values: Any) -> Any:
+    """``tree`` with the leaves that ``values`` has at the same paths replaced by those."""
+    return paths.unflatten(tree, {**paths.flatten(tree), **paths.flatten(values)})
+
+
+def initial_masks(config: ml_collections.ConfigDict, params: Any, apply_fn: Callable,
+                  train_batches: Callable[[int], list[dict]], input_shape: tuple[int, ...]) -> Any:
+    """The masks the run starts from, by ``config.mask.method``."""
+    try:
+        return _initial_masks(config.mask, config.seed, params, apply_fn, train_batches, input_shape)
+    except UserError:
+        raise
+    except FileNotFoundError:
+        raise TrainError(f"mask file {config.mask.file!r} does not exist; check "
+                         "--config.mask.file") from None
+    except ValueError as e:  # densities the model cannot take, a mask file that does not fit, ...
+        raise TrainError(f"masks: {' '.join(str(e).split())}") from None
+
+
+def _initial_masks(m: ml_collections.ConfigDict, seed: int, params: Any, apply_fn: Callable,
+                   train_batches: Callable[[int], list[dict]], input_shape: tuple[int, ...]) -> Any:
+    if m.method == "dense":
+        return masks_lib.ones_like(params)
+    if m.method == "file":  # the file holds no ghost parameters: they get all-True masks
+        plain = paths.without_ghosts(params)
+        if pathlib.Path(m.file).suffix in TORCH_SUFFIXES:
+            loaded, report = pruning.load_torch_masks(m.file, plain)
+            if jax.process_index() == 0:
+                print(f"mask import from {m.file}: {report}")
+        else:
+            loaded = masks_lib.load(m.file, plain)
+        return overlay(masks_lib.ones_like(params), loaded)
+    densities = distributions.by_name(m.distribution)(params, m.sparsity, dense=m.dense_layers)
+    rng = jax.random.key(seed + 1)
+    if m.method == "random":
+        return masks_lib.random(rng, params, densities)
+    batches = None
+    if m.method in ("snip", "grasp"):
+        batches = [{"x": b["image"], "y": b["label"]} for b in train_batches(m.batches)]
+    return pruning.find_mask(m.method, params, m.sparsity, apply_fn=apply_fn, batches=batches,
+                             input_shape=(1, *input_shape), scope=m.scope,
+                             densities=densities if m.scope == "layer" else None, rng=rng)

@@ -1,0 +1,212 @@
+"""``train_and_evaluate(config, workdir)``: the training loop of the papers (DESIGN.md, "A run").
+
+One jitted, donated train step over a 1-D mesh of all devices (batches sharded on "data", params and
+masks replicated); ``sparse_training`` over SGD for static or dynamic sparsity; the ToST ghost phase,
+after which the step is compiled for the plain network and the ghost parameters leave the state;
+validation every epoch and the test accuracy at the best validation epoch; orbax checkpoints, so that
+a killed run relaunched with the same command ends bit-identical (CPU) to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from sparsejax import data as data_lib, dst, masks as masks_lib, models
+from sparsejax.errors import TrainError
+from sparsejax.train import build, plan as plan_lib, state as state_lib, step as step_lib
+from sparsejax.train import workdir as workdir_lib
+from sparsejax.train.checkpoint import Checkpoints
+from sparsejax.train.metrics import MetricWriter
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Trains the configured sparse network; returns (and writes) ``workdir/summary.json``."""
+    build.check(config)
+    with workdir_lib.locked(workdir) as workdir:
+        workdir_lib.check_config(workdir, config)
+        return _run(config, workdir)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
+    # Mesh: devices ordered by process, so each host's rows of a global batch land on its devices.
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    repl, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    # Input.
+    ds = data_lib.load(config.data.name, batch_size=config.batch_size, seed=config.seed,
+                       data_dir=config.data.data_dir or None,
+                       manual_dir=config.data.manual_dir or None)
+    train_iter = iter(ds.train)
+    plan = plan_lib.make(config, ds.steps_per_epoch)
+
+    def to_global(batch):
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x),
+                            batch)
+
+    # Model and optimizer: the ghosted network until plan.ghost_end, then the plain one.
+    model = build.model(config, ds.num_classes)
+    plain = models.remove_ghosts(model, {})[0] if plan.ghost_end is not None else model
+    ghost_inputs = build.ghost_inputs(config, plan)
+    init_inputs = build.init_inputs(config)
+    make_tx = functools.partial(build.optimizer, config, plan)
+    rng = jax.random.key(config.seed)
+
+    def plain_at(step: int) -> bool:
+        return plan.ghost_end is not None and step >= plan.ghost_end
+
+    # State: the newest readable checkpoint, restored onto an abstract target; else step 0.
+    checkpoints = Checkpoints(workdir, config.keep_checkpoints)
+
+    def target(step: int) -> state_lib.TrainState:
+        s = state_lib.abstract(model, rng, ds.image_shape, make_tx, **init_inputs)
+        s = state_lib.without_ghosts(s) if plain_at(step) else s
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), s)
+
+    restored = checkpoints.restore(target)
+    if restored:
+        state, meta = restored
+        train_iter.set_state(meta.pop("data"))
+        if jax.process_index() == 0:
+            print(f"resuming from step {int(state.step)} of {plan.total_steps} "
+                  f"({workdir / 'checkpoints'})")
+    else:
+        state = _fresh_state(config, model, rng, ds, make_tx, init_inputs, ghost_inputs)
+        meta = {"best_validation_accuracy": -1.0, "test_accuracy": None, "best_step": None}
+    state = state_lib.replicate(state, repl)
+    tx = make_tx(dst.get_masks(state.opt_state))  # one transformation for the whole run
+
+    # Steps, compiled once per phase.
+    def compile_steps(plain_model: bool):
+        net, inputs = (plain, None) if plain_model else (model, ghost_inputs)
+        train = functools.partial(step_lib.train_step, model=net, tx=tx, inputs=inputs,
+                                  smoothing=config.tost.label_smoothing,
+                                  variant=config.tost.label_smoothing_variant)
+        return (jax.jit(train, in_shardings=(repl, batch_sharding), out_shardings=(repl, repl),
+                        donate_argnums=0),
+                jax.jit(functools.partial(step_lib.eval_step, model=net, inputs=inputs),
+                        in_shardings=(repl, batch_sharding), out_shardings=repl))
+
+    step = int(state.step)
+    train_step, eval_step = compile_steps(plain_at(step))
+
+    def batches(split: str):
+        return (to_global(b) for b in getattr(ds, split))
+
+    # Loop.
+    writer = MetricWriter(workdir, resume_step=step)
+    bar = tqdm(total=plan.total_steps, initial=step, unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0 or not config.progress, mininterval=1.0)
+    learning_rate = build.learning_rate(config, plan)
+    pending: list[dict] = []
+    if step == plan.rewind_step:
+        _save_variables(workdir / workdir_lib.REWIND_VARIABLES, state)
+    try:
+        while step < plan.total_steps:
+            state, metrics = train_step(state, to_global(next(train_iter)))
+            step += 1
+            bar.update(1)
+            pending.append(metrics)
+            if step == plan.rewind_step:
+                _save_variables(workdir / workdir_lib.REWIND_VARIABLES, state)
+            if step == plan.ghost_end:
+                state = state_lib.without_ghosts(state)
+                train_step, eval_step = compile_steps(plain_model=True)
+            if (plan_lib.itstime(step, plan.log_every, plan.total_steps)
+                    or step % plan.steps_per_epoch == 0):
+                scalars = {f"train/{k}": float(np.mean([m[k] for m in jax.device_get(pending)]))
+                           for k in pending[0]}
+                pending = []
+                if not math.isfinite(scalars["train/loss"]):
+                    _diverged(scalars["train/loss"], step, checkpoints.latest_step(), workdir)
+                scalars["train/learning_rate"] = float(learning_rate(step - 1))
+                bar.set_postfix(loss=f"{scalars['train/loss']:.3f}", refresh=False)
+                writer.write(step, scalars)
+            if plan_lib.itstime(step, plan.eval_every, plan.total_steps):
+                scalars = _evaluate(eval_step, state, batches("validation"), "validation")
+                if scalars["validation/accuracy"] > meta["best_validation_accuracy"]:
+                    test = _evaluate(eval_step, state, batches("test"), "test")
+                    meta.update(best_validation_accuracy=scalars["validation/accuracy"],
+                                best_step=step, test_accuracy=test["test/accuracy"])
+                    scalars.update(test)
+                report = dst.report(state.opt_state)
+                if config.dst.method == "static":  # per-layer numbers only when they can change
+                    report = {"sparsity": report["sparsity"]}
+                scalars.update({k: float(v) for k, v in report.items()})
+                writer.write(step, {"epoch": plan.epoch(step), **scalars})
+            if plan_lib.itstime(step, plan.checkpoint_every, plan.total_steps):
+                checkpoints.save(step, state, {**meta, "data": train_iter.get_state()})
+    finally:
+        bar.close()
+        checkpoints.close()
+        writer.close()
+
+    # End: the final test accuracy, the summary and the trained network's variables.
+    final_masks = dst.get_masks(state.opt_state)
+    summary = {
+        "test_accuracy": meta["test_accuracy"],
+        "final_test_accuracy": _evaluate(eval_step, state, batches("test"), "test")["test/accuracy"],
+        "best_validation_accuracy": meta["best_validation_accuracy"],
+        "best_step": meta["best_step"],
+        "sparsity": masks_lib.sparsity(final_masks, state.params),
+        "layer_densities": masks_lib.layer_densities(final_masks, state.params),
+        "step": step,
+        "seed": config.seed,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    _save_variables(workdir / workdir_lib.FINAL_VARIABLES, state)
+    if jax.process_index() == 0:
+        workdir_lib.write_json(workdir / "summary.json", summary)
+    return summary
+
+
+def _evaluate(eval_step, state: state_lib.TrainState, batches, split: str) -> dict[str, float]:
+    """Accuracy and mean loss of ``state`` over one pass of ``batches``."""
+    totals = np.zeros(3)  # float64 sums of [correct, loss, count]
+    for batch in batches:
+        totals += np.asarray(eval_step(state, batch))
+    correct, loss, count = totals
+    return {f"{split}/accuracy": correct / count, f"{split}/loss": loss / count}
+
+
+def _save_variables(path: pathlib.Path, state: state_lib.TrainState) -> None:
+    if jax.process_index() == 0:
+        workdir_lib.save_variables(path, {"params": state.params, "batch_stats": state.batch_stats})
+
+
+def _fresh_state(config, model, rng, ds, make_tx, init_inputs, ghost_inputs
+                 ) -> state_lib.TrainState:
+    """The step-0 state: initial variables (or ``init.variables_file``) under the initial masks."""
+    variables = state_lib.init_variables(model, rng, ds.image_shape, **init_inputs)
+    if config.init.variables_file:
+        variables = workdir_lib.load_variables(config.init.variables_file, variables)
+    batch_stats = variables.get("batch_stats", {})
+
+    def apply_fn(params, x):  # the finders' view of the network at step 0
+        return model.apply({"params": params, "batch_stats": batch_stats}, x, train=False,
+                           **(ghost_inputs(0) if config.tost.removal != "never" else {}))
+
+    def train_batches(n):
+        it = iter(ds.train)
+        return [next(it) for _ in range(n)]
+
+    masks = build.initial_masks(config, variables["params"], apply_fn, train_batches,
+                                ds.image_shape)
+    return state_lib.create(variables, masks, make_tx(masks))
+
+
+def _diverged(loss: float, step: int, last_checkpoint: int | None, workdir: pathlib.Path) -> None:
+    kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {str(workdir)!r}"
+            if last_checkpoint is not None else "no checkpoint was written yet")
+    raise TrainError(f"training diverged: loss is {loss} at step {step}; {kept}; lower "
+                     "--config.optimizer.learning_rate")

@@ -1,0 +1,100 @@
+"""The run directory: made and checked before anything is written, locked while a run uses it, and
+written only atomically (``sparsejax.files``), so no file in it is ever half-written.
+
+Layout: ``config.json`` (the run's config; a workdir holds one config), ``.lock.<process>``,
+``checkpoints/`` (orbax), ``metrics.jsonl``, ``tensorboard/``, ``rewind.npz`` (variables at
+``init.save_at_epoch``), ``final_variables.npz`` and ``summary.json`` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import socket
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import traverse_util
+
+from sparsejax import files, paths
+from sparsejax.errors import TrainError
+
+FINAL_VARIABLES = "final_variables.npz"  # the trained (plain) network's params and batch_stats
+REWIND_VARIABLES = "rewind.npz"          # the variables at config.init.save_at_epoch
+
+@contextlib.contextmanager
+def locked(workdir: str | os.PathLike) -> Iterator[pathlib.Path]:
+    """Creates ``workdir`` and holds its lock: a second run on it is refused at once, naming the
+    live process. The lock is an ``flock`` (one per process index of a multi-host job), so a killed
+    run leaves none behind."""
+    workdir = pathlib.Path(workdir).resolve()
+    path = workdir / f".lock.{jax.process_index()}"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+")
+    except OSError as e:
+        raise TrainError(f"workdir {str(workdir)!r} is not writable ({e.strerror}); pass a "
+                         "writable --workdir") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise TrainError(f"workdir {str(workdir)!r} is in use by {holder}; wait for that run "
+                             "to end or pass another --workdir") from None
+        lock.truncate(0)
+        lock.write(f"process {os.getpid()} on {socket.gethostname()}")
+        lock.flush()
+        try:
+            yield workdir
+        finally:
+            lock.truncate(0)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def check_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """Writes ``config.json``, or refuses a workdir that holds a run of another config."""
+    saved = workdir / "config.json"
+    current = json.loads(config.to_json_best_effort(sort_keys=True))
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        if previous != current:
+            old = traverse_util.flatten_dict(previous, sep=".")
+            new = traverse_util.flatten_dict(current, sep=".")
+            keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            raise TrainError(f"workdir {str(workdir)!r} holds a run of a different config "
+                             f"(differs in {', '.join(keys[:5])}); use another --workdir or "
+                             "delete that one")
+    elif jax.process_index() == 0:
+        write_json(saved, current, sort_keys=True)
+
+
+def write_json(path: pathlib.Path, value: Any, sort_keys: bool = False) -> None:
+    files.write_atomic(path, json.dumps(value, indent=2, sort_keys=sort_keys))
+
+
+def save_variables(path: pathlib.Path, variables: Any) -> None:
+    """Writes variables (params, batch_stats) to an ``.npz`` keyed by path, atomically."""
+    files.save_npz(path, paths.flatten(variables))
+
+
+def load_variables(path: str | os.PathLike, like: Any) -> Any:
+    """Variables saved by `save_variables`, onto ``like``'s structure (paths it lacks keep ``like``'s)."""
+    try:
+        stored = files.read_npz(path, "variables file",
+                                "make one with sparsejax.train.workdir.save_variables")
+    except FileNotFoundError:
+        raise TrainError(f"variables file {os.fspath(path)!r} does not exist; check "
+                         "--config.init.variables_file") from None
+    want = paths.flatten(like)
+    for k, v in stored.items():
+        if k not in want or tuple(jnp.shape(want[k])) != v.shape:
+            raise TrainError(f"variables file {os.fspath(path)!r} has {k!r} {v.shape}, which does "
+                             "not fit this model; it was saved for another model")
+    return paths.unflatten(like, {**want, **{k: jnp.asarray(v) for k, v in stored.items()}})
