@@ -66,7 +66,8 @@ def test_learning_rate_warms_up_then_decays():
     ("batch_size", 12, "divisible"),
     ("dst.method", "rigl2", "dst.method"),
     ("tost.alpha_shape", "sigmoid", "alpha_shape"),
-    ("tost.label_smoothing", 1.0, "label_smoothing"),
+    ("tost.label_smoothing", 1.0, "label smoothing"),
+    ("dst.drop_fraction", 1.5, "drop_fraction"),
 ])
 def test_check_names_the_bad_key(key, value, words):
     c = config()
@@ -82,6 +83,27 @@ def test_check_asks_the_constructors():
     with pytest.raises(TrainError, match="grow_gradient_fraction"):
         build.check(c)
     build.check(config(**TOST))
+    c = config(ghost_swish=True)
+    c.tost.beta0, c.tost.beta_max = 2.0, 1.0  # β only grows
+    with pytest.raises(TrainError, match="beta0"):
+        build.check(c)
+    c = config(ghost_swish=True)
+    c.optimizer.decay_epochs = (0, 3)  # the ghost phase would end at step 0
+    with pytest.raises(TrainError, match="lr_boundaries"):
+        build.check(c)
+    c = config()
+    c.mask.method, c.mask.batches = "snip", 0
+    with pytest.raises(TrainError, match="mask.batches"):
+        build.check(c)
+
+
+def test_check_sees_every_variant_before_the_first_trains():
+    from configs import quickstart
+    c = quickstart.get_config()
+    build.check(c)
+    c.compare.tost.tost.alpha_shape = "sigmoid"
+    with pytest.raises(TrainError, match="alpha_shape"):
+        build.check(c)
 
 
 # ------------------------------------------------------------------------------ state and step

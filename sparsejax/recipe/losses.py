@@ -13,13 +13,18 @@ import optax
 VARIANTS = ("paper", "released")
 
 
-def smoothed_targets(labels: jax.Array, num_classes: int, smoothing: float,
-                     variant: str = "paper") -> jax.Array:
-    """Soft targets of shape ``labels.shape + (num_classes,)`` for integer ``labels``."""
+def check_smoothing(smoothing: float, variant: str) -> None:
+    """Raises ``ValueError`` for an unknown variant or a smoothing outside [0, 1)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown label-smoothing variant {variant!r}; use one of {VARIANTS}")
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"label smoothing is {smoothing}; it must lie in [0, 1)")
+
+
+def smoothed_targets(labels: jax.Array, num_classes: int, smoothing: float,
+                     variant: str = "paper") -> jax.Array:
+    """Soft targets of shape ``labels.shape + (num_classes,)`` for integer ``labels``."""
+    check_smoothing(smoothing, variant)
     one_hot = jax.nn.one_hot(labels, num_classes)
     if variant == "paper":
         return optax.smooth_labels(one_hot, smoothing)

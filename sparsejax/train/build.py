@@ -75,9 +75,6 @@ def check(config: ml_collections.ConfigDict) -> None:
     _choice("tost.alpha_shape", t.alpha_shape, schedules.ALPHA_SHAPES)
     _choice("tost.beta_shape", t.beta_shape, schedules.BETA_SHAPES)
     _choice("tost.removal", t.removal, schedules.REMOVALS)
-    _choice("tost.label_smoothing_variant", t.label_smoothing_variant, losses.VARIANTS)
-    if not 0.0 <= t.label_smoothing < 1.0:
-        raise TrainError(f"tost.label_smoothing is {t.label_smoothing}; it must lie in [0, 1)")
     if m.method in ("snip", "grasp") and m.batches <= 0:
         raise TrainError(f"mask.batches is {m.batches}; {m.method} needs at least one batch")
     try:  # what only the constructors know: a model's ghost skips, a rule's options, the schedules
@@ -85,6 +82,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         plan = plan_lib.make(config, steps_per_epoch=1)
         ghost_inputs(config, plan)
         optimizer(config, plan, masks=None)  # the masks are needed only by its init
+        losses.check_smoothing(t.label_smoothing, t.label_smoothing_variant)
     except ValueError as e:
         raise TrainError(" ".join(str(e).split())) from None
     if config.mode == "compare":  # every variant, before the first one trains
