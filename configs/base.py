@@ -91,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mask.scope = "global"  # finders: global | layer
     c.mask.dense_layers = ()  # e.g. ("first", "last")
     c.mask.file = ""  # .npz written by sparsejax.masks.save (mask.method = file)
-    c.mask.batches = 10  # snip / grasp: number of training batches for the scores
+    c.mask.samples = 0  # snip / grasp: training examples scored; 0 = 10 × classes (Synaptic-Flow)
 
     c.dst = ml_collections.ConfigDict()
     c.dst.method = "static"  # static | set | rigl | dsr | ggr
@@ -103,19 +103,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.dst.options = ml_collections.ConfigDict()  # the rule's own, e.g. GGR's grow_gradient_fraction
 
     c.tost = ml_collections.ConfigDict()
-    c.tost.ghost_skip = ""  # '' (off) | identity | conv1x1
+    c.tost.ghost_skip = ""  # '' (off) | conv1x1 (released code, the tost configs' choice) | identity
     c.tost.ghost_swish = False  # PSwish with β rising to ReLU
-    c.tost.alpha_shape = "linear"  # linear | cosine | step
+    c.tost.alpha_shape = "linear"  # linear | cosine | step | late_linear (see sparsejax.schedules)
     c.tost.beta0 = 1.0
     c.tost.beta_max = 10.0
-    c.tost.beta_shape = "linear"  # linear | exponential
+    c.tost.beta_shape = "linear"  # linear | exponential | late_linear
     c.tost.removal = "first_decay"  # first_decay | after_first_decay | never
     c.tost.label_smoothing = 0.0  # the paper uses 0.1
     c.tost.label_smoothing_variant = "paper"  # paper | released
+    c.tost.bn_reestimate_batches = 0  # >0: BatchNorm statistics re-estimated on N train batches
+                                      # right after the switch to the plain network
+
+    c.recipe = ml_collections.ConfigDict()
+    c.recipe.lrsi = False  # layer-wise re-scaled init (sparsejax.recipe.lrsi) before step 0
+    c.recipe.lrsi_iterations = 180
+    c.recipe.lrsi_learning_rate = 1e-2
+    c.recipe.distill = ml_collections.ConfigDict()
+    c.recipe.distill.teacher = ""  # final_variables.npz of a trained (dense) run; '' = off
+    c.recipe.distill.teacher_model = ""  # its model name ('' = model.name)
+    c.recipe.distill.temperature = 4.0  # τ and w: not given by paper 002 (Hinton et al.'s range)
+    c.recipe.distill.weight = 0.5
 
     c.init = ml_collections.ConfigDict()
     c.init.variables_file = ""  # start from these variables (.npz) instead of a fresh init
     c.init.save_at_epoch = -1  # write the variables at this epoch to workdir/rewind.npz (-1: never)
+    c.init.start_epoch = 0  # >0: step 0 is this epoch's first step (lr schedule and data order
+                            # continue from there: rewinding as open_lth); static masks only
 
     c.eval_every_epochs = 1
     c.checkpoint_every_epochs = 1

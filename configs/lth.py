@@ -21,8 +21,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lottery.rounds = args.rounds
     c.lottery.fraction = 0.2  # of the remaining weights, per round
     c.lottery.rewind_epoch = args.rewind_epoch  # 0: rewind to the initialization
-    c.lottery.prune_dense = True  # False: conv kernels only
+    c.lottery.prune_dense = False  # conv kernels only, as the ToST release; True adds the classifier
+    c.lottery.rewind_schedule = "continue"  # continue (open_lth) | restart (from step 0)
     c.lottery.final_recipe = args.tost  # train the final ticket with the tost settings below
     if args.tost:
-        c.tost.ghost_skip, c.tost.ghost_swish, c.tost.label_smoothing = "identity", True, 0.1
+        c.tost.ghost_skip, c.tost.ghost_swish, c.tost.label_smoothing = "conv1x1", True, 0.1
     return base.runlocal(c) if args.runlocal else c

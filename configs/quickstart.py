@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mask.distribution = "erk"
     c.mask.sparsity = args.sparsity
     c.log_every_steps = 10
-    tost = {"ghost_skip": "identity", "ghost_swish": True, "beta0": 1.0, "beta_max": 4.0,
+    tost = {"ghost_skip": "conv1x1", "ghost_swish": True, "beta0": 1.0, "beta_max": 4.0,
             "label_smoothing": 0.1}
     if args.variant == "tost":
         c.tost.update(tost)

@@ -3,9 +3,12 @@
 ``run(config, workdir)`` trains ``config.lottery.rounds`` + 1 times. Round 0 trains the dense network
 and keeps its weights at ``config.lottery.rewind_epoch`` (0: the initialization, as Frankle & Carbin;
 e.g. 33 of 180 for rewinding, paper 002). After each round ``sparsejax.pruning.imp_prune`` removes
-``config.lottery.fraction`` of the remaining weights by global magnitude over the prunable kernels, and
-the next round starts from the rewound weights under the new mask, so round r trains at sparsity
-1 − 0.8^r. The mask search uses plain training (ToST tweaks off); the last round trains the final
+``config.lottery.fraction`` of the remaining weights by global magnitude over the conv kernels (as the
+ToST release, which masks conv layers only; ``prune_dense`` adds the classifier), and the next round
+starts from the rewound weights under the new mask, so round r trains at sparsity 1 − 0.8^r. With
+``rewind_schedule = "continue"`` (default, open_lth's rewinding; Frankle et al. 2020) a round that
+starts from the weights of epoch k trains from step k on, with the learning-rate schedule and the
+data order at their step-k position; ``"restart"`` trains it from step 0 with the whole schedule. The mask search uses plain training (ToST tweaks off); the last round trains the final
 ticket with the config's own recipe when ``config.lottery.final_recipe`` is set (ToST on LTH masks).
 
 Every round has its own directory ``workdir/round_<r>`` (with ``mask.npz``, its checkpoints and
@@ -46,7 +49,8 @@ def _round_config(config: ml_collections.ConfigDict, r: int, workdir: pathlib.Pa
     else:  # its own rewind.npz: the variables this round starts from
         c.mask.method, c.mask.file = "file", str(workdir / f"round_{r}" / MASK_FILE)
         c.init.variables_file = str(workdir / "round_0" / REWIND_VARIABLES)
-        c.init.save_at_epoch = 0
+        c.init.start_epoch = lt.rewind_epoch if lt.rewind_schedule == "continue" else 0
+        c.init.save_at_epoch = c.init.start_epoch
     return c
 
 

@@ -14,7 +14,13 @@ The paper's ablations are schedule options:
 - removal late, after the first decay: ``ghost_end_step(boundaries, "after_first_decay")``;
 - kept forever: ``ghost_end_step(boundaries, "never")`` → ``end_step=None`` (α = 1, β = β0 always);
 - abrupt removal at the end step: ``ghost_alpha(end, shape="step")`` and for β ``beta_max=beta0``
-  (β fixed, as the released code's β = 2, then ReLU at once).
+  (β fixed, as the released code's β = 2, then ReLU at once);
+- a late cut-over: ``shape="late_linear"`` holds α = 1 (β = β0) for the first `LATE_START` of the
+  ghost phase and moves linearly to its end value over the rest.
+
+Neither paper 000 nor its released code gives the shapes (the release keeps its 1×1 jump branches
+for the whole run and fixes β = 2), so they are ours. The defaults, linear α and linear β, are the
+simplest reading of "decreased gradually" / "increased gradually" in the paper's text.
 """
 
 from __future__ import annotations
@@ -24,8 +30,9 @@ from typing import Iterable
 
 import optax
 
-ALPHA_SHAPES: tuple[str, ...] = ("linear", "cosine", "step")
-BETA_SHAPES: tuple[str, ...] = ("linear", "exponential")
+ALPHA_SHAPES: tuple[str, ...] = ("linear", "cosine", "step", "late_linear")
+BETA_SHAPES: tuple[str, ...] = ("linear", "exponential", "late_linear")
+LATE_START = 0.75  # "late_linear": the fraction of the ghost phase held at the start value
 REMOVALS: tuple[str, ...] = ("first_decay", "after_first_decay", "never")
 
 
@@ -70,11 +77,20 @@ def _until(end_step: int, schedule: optax.Schedule, final: float) -> optax.Sched
     return optax.join_schedules([schedule, optax.constant_schedule(final)], [end_step])
 
 
+def _late_linear(start: float, end: float, end_step: int) -> optax.Schedule:
+    """``start`` until ``LATE_START · end_step``, then linear to ``end`` at ``end_step``."""
+    hold = int(LATE_START * end_step)
+    return optax.join_schedules(
+        [optax.constant_schedule(start), optax.linear_schedule(start, end, end_step - hold)],
+        [hold])
+
+
 def ghost_alpha(end_step: int | None, shape: str = "linear") -> optax.Schedule:
     """The ghost-skip gate α: 1 at step 0, exactly 0 from ``end_step`` on (paper 000 GSk).
 
-    ``shape``: "linear" or "cosine" decay from 1 to 0 over [0, end_step], or "step" (1 until
-    ``end_step``, then 0: the abrupt-removal ablation). ``end_step=None``: α = 1 forever.
+    ``shape``: "linear" or "cosine" decay from 1 to 0 over [0, end_step], "late_linear" (1 until
+    `LATE_START` of the way, then linear to 0), or "step" (1 until ``end_step``, then 0: the
+    abrupt-removal ablation). ``end_step=None``: α = 1 forever.
     """
     _check_choice("alpha shape", shape, ALPHA_SHAPES)
     _check_end_step(end_step)
@@ -84,6 +100,8 @@ def ghost_alpha(end_step: int | None, shape: str = "linear") -> optax.Schedule:
         decay = optax.linear_schedule(1.0, 0.0, end_step)
     elif shape == "cosine":
         decay = optax.cosine_decay_schedule(1.0, end_step)
+    elif shape == "late_linear":
+        decay = _late_linear(1.0, 0.0, end_step)
     else:
         decay = optax.constant_schedule(1.0)
     return _until(end_step, decay, 0.0)
@@ -93,8 +111,9 @@ def ghost_beta(beta0: float, beta_max: float, end_step: int | None,
                shape: str = "linear") -> optax.Schedule:
     """PSwish's β: from ``beta0`` growing to ``beta_max``, then +inf (exact ReLU) from ``end_step``.
 
-    ``shape``: "linear" or "exponential" (β0 · (β_max/β0)^(t/end_step), needs β0 > 0) growth
-    (paper 000 GSw; the paper does not publish its shape). ``beta_max == beta0`` keeps β fixed until
+    ``shape``: "linear", "exponential" (β0 · (β_max/β0)^(t/end_step), needs β0 > 0) or
+    "late_linear" (β0 until `LATE_START` of the way, then linear to β_max) growth (paper 000 GSw;
+    the paper does not publish its shape). ``beta_max == beta0`` keeps β fixed until
     ReLU takes over (the released code's β = 2). ``end_step=None`` keeps β = ``beta0`` forever (the
     "kept forever" ablation) and so needs ``beta_max == beta0``.
     """
@@ -113,6 +132,8 @@ def ghost_beta(beta0: float, beta_max: float, end_step: int | None,
         return optax.constant_schedule(beta0)
     if shape == "linear":
         growth = optax.linear_schedule(beta0, beta_max, end_step)
+    elif shape == "late_linear":
+        growth = _late_linear(beta0, beta_max, end_step)
     else:
         growth = optax.exponential_decay(beta0, end_step, beta_max / beta0, end_value=beta_max)
     return _until(end_step, growth, math.inf)

@@ -12,12 +12,12 @@ from sparsejax.train import build
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[1] / "configs").glob("*.py")
                  if p.stem != "__init__")
-# Slow: the loop has in-process tests (test_train_modules), the modes runs of their own (the
-# quickstart's compare here, tests/test_lottery.py), the rules and finders unit tests.
+# Slow: the loop has in-process tests (test_train_modules), the modes runs of their own
+# (tests/test_lottery.py), the rules and finders unit tests; one plain run stays in the default suite.
 SLOW = [pytest.mark.slow]
 CASES = [
-    pytest.param("base", "runlocal", marks=SLOW),
-    pytest.param("quickstart", "runlocal"),
+    pytest.param("base", "runlocal"),
+    pytest.param("quickstart", "runlocal", marks=SLOW),
     pytest.param("tost", "runlocal,mask=snip,sparsity=0.95", marks=SLOW),
     pytest.param("tost", "runlocal,model=resnet50,mask=synflow", marks=SLOW),
     pytest.param("dst", "runlocal,method=ggr", marks=SLOW),

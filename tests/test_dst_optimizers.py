@@ -144,3 +144,21 @@ def test_update_without_params_raises():
     tx = sparsejax.sparse_training(optax.sgd(0.1), MASKS, method="static")
     with pytest.raises(ValueError, match="needs the params"):
         tx.update(PARAMS, tx.init(PARAMS))
+
+
+def test_rigl_lr_schedule_counts_skipped_steps_like_static():
+    # lr 1 for steps 0..4, 0 from step 5 on. RigL skips its update at the mask update of step 3, but
+    # the boundary must still come at step 5 (it came at step 6 when the skip froze the count).
+    lr = optax.piecewise_constant_schedule(1.0, {5: 0.0})
+    runs = {method: _steps(sparsejax.sparse_training(optax.sgd(lr, momentum=0.9), MASKS,
+                                                     method=method, update_every=3, end_step=10,
+                                                     drop_fraction=0.5), 7)
+            for method in ("static", "rigl")}
+    for method, history in runs.items():
+        counts = [int(s.count) for s in jax.tree.leaves(
+            history[-1][1], is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
+            if isinstance(s, optax.ScaleByScheduleState)]
+        assert counts == [7], (method, counts)
+        # At step 5 the lr is 0: the weights do not move (step 6 rewires, which zeroes dropped ones).
+        chex.assert_trees_all_equal(history[5][0], history[6][0])
+    assert int(find_state(runs["rigl"][-1][1]).mask_updates) == 2  # steps 3 and 6 rewired

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sparsejax.nn import pswish, relu
-from sparsejax.schedules import ALPHA_SHAPES, BETA_SHAPES, ghost_alpha, ghost_beta, ghost_end_step
+from sparsejax.schedules import ALPHA_SHAPES, BETA_SHAPES, LATE_START, ghost_alpha, ghost_beta, ghost_end_step
 
 END = 90
 STEPS = jnp.arange(0, 2 * END)
@@ -41,7 +41,8 @@ def test_alpha_shapes():
 def test_beta_grows_from_beta0_to_beta_max_then_is_exact_relu(shape):
     beta = _values(ghost_beta(1.0, 8.0, END, shape))
     assert beta[0] == 1.0
-    assert np.all(np.diff(beta[:END]) > 0.0)
+    moving = beta[int(LATE_START * END):END] if shape == "late_linear" else beta[:END]
+    assert np.all(np.diff(moving) > 0.0) and np.all(np.diff(beta[:END]) >= 0.0)
     assert 7.5 < beta[END - 1] <= 8.0
     assert np.all(np.isposinf(beta[END:]))
     x = jnp.linspace(-3.0, 3.0, 61)
@@ -53,6 +54,16 @@ def test_beta_grows_from_beta0_to_beta_max_then_is_exact_relu(shape):
 def test_beta_midpoint(shape, midpoint):
     # Halfway to end_step: the arithmetic mean of β0 and β_max (linear), the geometric (exponential).
     assert _values(ghost_beta(1.0, 8.0, END, shape))[END // 2] == pytest.approx(midpoint, rel=1e-5)
+
+
+def test_late_linear_holds_then_moves_linearly():
+    hold = int(LATE_START * END)
+    alpha, beta = _values(ghost_alpha(END, "late_linear")), _values(ghost_beta(1.0, 8.0, END,
+                                                                             "late_linear"))
+    assert np.all(alpha[:hold + 1] == 1.0) and np.all(beta[:hold + 1] == 1.0)
+    ramp = (np.arange(hold, END) - hold) / (END - hold)
+    np.testing.assert_allclose(alpha[hold:END], 1.0 - ramp, atol=1e-6)
+    np.testing.assert_allclose(beta[hold:END], 1.0 + 7.0 * ramp, rtol=1e-6)
 
 
 def test_beta_exponential_is_geometric():

@@ -78,6 +78,7 @@ STEPS_PER_EPOCH = 20  # digits: 1,293 training images in batches of 64
 TOTAL = 4 * STEPS_PER_EPOCH
 
 
+@SLOW
 def test_kill_and_resume_is_bit_identical(tmp_path, whole):
     """Stopped in its second epoch (after the first checkpoint), a second launch on the same workdir
     is refused; killed, a relaunch resumes from that checkpoint and ends as the uninterrupted run."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from sparsejax import dst, files, paths
+from sparsejax import dst, files, masks as masks_lib, paths
 from sparsejax.errors import FileFormatError, TrainError
 from sparsejax.train import build, plan as plan_lib, state as state_lib, step as step_lib
 from sparsejax.train import workdir as workdir_lib
@@ -92,8 +92,8 @@ def test_check_asks_the_constructors():
     with pytest.raises(TrainError, match="lr_boundaries"):
         build.check(c)
     c = config()
-    c.mask.method, c.mask.batches = "snip", 0
-    with pytest.raises(TrainError, match="mask.batches"):
+    c.mask.method, c.mask.samples = "snip", -1
+    with pytest.raises(TrainError, match="mask.samples"):
         build.check(c)
 
 
@@ -116,7 +116,9 @@ def ghosted():
     plan = plan_lib.make(c, steps_per_epoch=5)
     model = build.model(c, 10)
     variables = state_lib.init_variables(model, jax.random.key(0), (8, 8, 1), alpha=1.0)
-    masks = build.initial_masks(c, variables["params"], None, None, (8, 8, 1))
+    plain_masks = build.initial_masks(c, paths.without_ghosts(variables["params"]), None, None,
+                                      (8, 8, 1), 10)
+    masks = build.overlay(masks_lib.ones_like(variables["params"]), plain_masks)
     tx = build.optimizer(c, plan, masks)
     state = state_lib.create(variables, masks, tx)
     rng = np.random.default_rng(0)
@@ -136,8 +138,7 @@ def test_abstract_state_has_the_fresh_state_shapes(ghosted):
 def test_train_step_keeps_pruned_weights_zero(ghosted):
     c, plan, model, tx, state, masks, batch = ghosted
     step = jax.jit(lambda s, b: step_lib.train_step(
-        s, b, model=model, tx=tx, inputs=build.ghost_inputs(c, plan), smoothing=0.1,
-        variant="paper"))
+        s, b, model=model, tx=tx, inputs=build.ghost_inputs(c, plan), loss=build.loss(c)))
     new, metrics = step(state, batch)
     assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
     chex.assert_trees_all_equal(dst.get_masks(new.opt_state), masks)
@@ -154,8 +155,8 @@ def test_one_optimizer_serves_the_plain_network(ghosted):
     assert any(paths.is_ghost(p) for p in paths.flatten(state.params))
     from sparsejax import models
     net = models.remove_ghosts(model, {})[0]
-    new, _ = step_lib.train_step(plain, batch, model=net, tx=tx, inputs=None, smoothing=0.0,
-                                 variant="paper")
+    new, _ = step_lib.train_step(plain, batch, model=net, tx=tx, inputs=None,
+                                 loss=build.loss(config()))
     chex.assert_trees_all_equal(dst.get_masks(new.opt_state), paths.without_ghosts(masks))
     counts = step_lib.eval_step(new, {**batch, "mask": np.arange(16) < 10}, model=net, inputs=None)
     assert float(counts[2]) == 10.0
@@ -258,17 +259,18 @@ def test_read_npz_refuses_what_is_not_an_npz(tmp_path):
 def test_initial_masks_from_a_file_say_what_is_wrong(tmp_path, ghosted):
     c, _, _, _, state, masks, _ = ghosted
     c = config(**TOST)
+    plain = paths.without_ghosts(state.params)
     c.mask.method, c.mask.file = "file", str(tmp_path / "missing.npz")
     with pytest.raises(TrainError, match="missing.npz.* does not exist"):
-        build.initial_masks(c, state.params, None, None, (8, 8, 1))
+        build.initial_masks(c, plain, None, None, (8, 8, 1), 10)
     c.mask.file = __file__
     with pytest.raises(FileFormatError, match="not a sparsejax"):
-        build.initial_masks(c, state.params, None, None, (8, 8, 1))
-    c.mask.file = str(tmp_path / "plain.npz")  # a mask of the plain network: ghosts get all-True
-    from sparsejax import masks as masks_lib
+        build.initial_masks(c, plain, None, None, (8, 8, 1), 10)
+    c.mask.file = str(tmp_path / "plain.npz")  # a mask of the plain network
     masks_lib.save(c.mask.file, paths.without_ghosts(masks))
-    chex.assert_trees_all_equal(build.initial_masks(c, state.params, None, None, (8, 8, 1)), masks)
+    chex.assert_trees_all_equal(build.initial_masks(c, plain, None, None, (8, 8, 1), 10),
+                                paths.without_ghosts(masks))
     c.dst.options = {}
     c.mask.method, c.mask.dense_layers = "random", ("no_such_layer",)
     with pytest.raises(TrainError, match="masks: .*no_such_layer"):
-        build.initial_masks(c, state.params, None, None, (8, 8, 1))
+        build.initial_masks(c, plain, None, None, (8, 8, 1), 10)

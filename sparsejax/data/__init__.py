@@ -6,8 +6,8 @@ TinyImageNet is prepared and everything is read (array_record files) without it,
 imports it.
 """
 
-from sparsejax.data.catalog import NAMES, Datasets, load
+from sparsejax.data.catalog import CHANNELS, NAMES, NUM_CLASSES, Datasets, load
 from sparsejax.data.errors import DatasetNotFoundError
 from sparsejax.data.tiny_imagenet import TinyImagenet
 
-__all__ = ["NAMES", "Datasets", "DatasetNotFoundError", "TinyImagenet", "load"]
+__all__ = ["CHANNELS", "NAMES", "NUM_CLASSES", "Datasets", "DatasetNotFoundError", "TinyImagenet", "load"]

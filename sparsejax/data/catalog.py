@@ -35,6 +35,8 @@ _SPECS = {
     "tiny_imagenet": _Spec(200, TINY_IMAGENET, sources.tiny_imagenet),
 }
 NAMES = tuple(_SPECS)
+NUM_CLASSES = {name: spec.num_classes for name, spec in _SPECS.items()}
+CHANNELS = {name: len(spec.preprocessing.mean) for name, spec in _SPECS.items()}
 
 
 @dataclasses.dataclass(frozen=True)

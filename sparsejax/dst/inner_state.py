@@ -1,4 +1,5 @@
-"""The parts of an inner optimizer's state that mirror the params, and resetting them (RigL).
+"""The parts of an inner optimizer's state that mirror the params: resetting them and keeping them
+through a skipped update (RigL).
 
 Optimizers keep per-weight state in subtrees with the params' structure (SGD's momentum trace, Adam's
 mu and nu, Lion's mu, ...), at any depth of their state (inside ``optax.chain``,
@@ -45,3 +46,17 @@ def reset(inner: optax.GradientTransformation, inner_state: optax.OptState, grow
         return jnp.where(g, jnp.zeros_like(leaf), leaf) if np.shape(leaf) == np.shape(g) else leaf
 
     return optax.tree_map_params(inner.init, zero_grown, inner_state, grown)
+
+
+def keep_per_weight(inner: optax.GradientTransformation, new_state: optax.OptState,
+                    old_state: optax.OptState) -> optax.OptState:
+    """``new_state`` with every params subtree taken from ``old_state`` (RigL's skipped update).
+
+    The per-weight statistics (momentum, Adam's moments) stay as they were, while everything else,
+    in particular the step counts of ``optax.scale_by_schedule`` and ``inject_hyperparams``, advances:
+    a skipped step still counts for the learning-rate schedule (ALGORITHMS.md, RigL).
+    """
+    per_weight = optax.tree_map_params(inner.init, lambda _: True, new_state,
+                                       transform_non_params=lambda _: False)
+    return jax.tree.map(lambda keep, new, old: old if keep else new, per_weight, new_state,
+                        old_state)

@@ -23,7 +23,7 @@ import optax
 from sparsejax import masks as masks_lib
 from sparsejax import paths
 from sparsejax.dst import dsr, ggr, rigl, set as set_rule, static
-from sparsejax.dst.inner_state import check_resettable, reset
+from sparsejax.dst.inner_state import check_resettable, keep_per_weight, reset
 from sparsejax.dst.rewiring import Rewiring, Rule, active, update_seed
 from sparsejax.dst.timing import drop_fraction_schedule, is_update_step
 
@@ -166,12 +166,12 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
                                    inner_state=inner_state))
 
         rewire_now = is_update_step(state.count, start_step, end_step, update_every)
-        if rule.skips_update:
-            skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(inner_update)[0])
+        updates, inner_state = inner_update()
+        if rule.skips_update:  # no update on mask-update steps, but the inner schedules advance
             updates, inner_state = jax.lax.cond(
-                rewire_now, lambda: (skipped, state.inner_state), inner_update)
-        else:
-            updates, inner_state = inner_update()
+                rewire_now, lambda: (jax.tree.map(jnp.zeros_like, updates),
+                                     keep_per_weight(inner, inner_state, state.inner_state)),
+                lambda: (updates, inner_state))
 
         old_flat, params_flat, updates_flat = (paths.flatten(t) for t in (old, params, updates))
         layers = list(state.grown)

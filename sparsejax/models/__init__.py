@@ -49,7 +49,7 @@ def build(name: str, num_classes: int, *, activation: str = "relu",
     ``activation``: one of `sparsejax.nn.ACTIVATIONS` ("relu", "swish", "pswish", "mish"), used
     wherever the original network has ReLU. ``ghost_skip``: None (plain), "identity" (paper rule) or
     "conv1x1" (released ToST code); see each model's module for where the ghost paths go. Raises
-    ValueError for an unknown name, activation or ghost kind, or ghost skips on resnet50.
+    ValueError for an unknown name, activation or ghost kind.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; use one of {', '.join(MODELS)}")
@@ -59,15 +59,18 @@ def build(name: str, num_classes: int, *, activation: str = "relu",
 def remove_ghosts(model: nn.Module, variables: Mapping[str, Any]) -> tuple[nn.Module, dict]:
     """The original architecture after the ghost phase: (plain model, its variables).
 
-    The plain model is ``model`` with ``ghost_skip=None`` and ``activation="relu"``; its variables
-    are ``variables`` as nested dicts without the ghost parameters and ghost BatchNorm statistics
-    (every entry under a module named "ghost*": `sparsejax.paths.without_ghosts`). All other paths
-    are unchanged, so masks and optimizer state keyed by path carry over. The plain model equals
-    ``model`` at α = 0 with ReLU (or PSwish at β = +inf) bit for bit: at α = 0 each ghost term is
-    exactly ±0.0 and adding it changes no value (tested with zero tolerance on every model).
+    The plain model is ``model`` with ``ghost_skip=None``; a PSwish activation (ghost Swish, whose β
+    ends at +inf) becomes ReLU, any other activation (ReLU, or a fixed Swish/Mish trained with ghost
+    skips) is kept. Its variables are ``variables`` as nested dicts without the ghost parameters and
+    ghost BatchNorm statistics (every entry under a module named "ghost*":
+    `sparsejax.paths.without_ghosts`). All other paths are unchanged, so masks and optimizer state
+    keyed by path carry over. The plain model equals ``model`` at α = 0 (and PSwish at β = +inf)
+    bit for bit: at α = 0 each ghost term is exactly ±0.0 and adding it changes no value (tested
+    with zero tolerance on every model).
     """
     if not hasattr(model, "ghost_skip") or not hasattr(model, "activation"):
         raise ValueError(f"remove_ghosts needs a model from sparsejax.models.build, got "
                          f"{type(model).__name__}")
-    plain = model.clone(ghost_skip=None, activation="relu")
+    activation = "relu" if model.activation == "pswish" else model.activation
+    plain = model.clone(ghost_skip=None, activation=activation)
     return plain, without_ghosts(variables)

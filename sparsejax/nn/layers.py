@@ -11,6 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 
 HE_NORMAL = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+BN_MOMENTUM = 0.9  # Flax's convention: running = momentum · running + (1 − momentum) · batch
 
 
 def conv(features: int, kernel_size: int, strides: int = 1, *, groups: int = 1,
@@ -25,4 +26,4 @@ def conv(features: int, kernel_size: int, strides: int = 1, *, groups: int = 1,
 
 def batch_norm(train: bool, *, name: str) -> nn.BatchNorm:
     """BatchNorm over the channel axis: batch statistics when ``train``, running ones otherwise."""
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=1e-5, name=name)

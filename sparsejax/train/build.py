@@ -1,6 +1,6 @@
 """What a run is made of, from its config: checked once up front, then the model, the optimizer (one
 ``sparse_training`` transformation for the whole run, ghost phase included), the α/β inputs of the
-ghost phase, and the masks the run starts from.
+ghost phase, the loss (label smoothing, distillation), and the masks the run starts from.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import pathlib
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import traverse_util
@@ -18,7 +19,7 @@ from sparsejax import distributions, dst, masks as masks_lib, models, nn, paths,
 from sparsejax.dst import timing
 from sparsejax.errors import TrainError, UserError
 from sparsejax.recipe import losses
-from sparsejax.train import plan as plan_lib
+from sparsejax.train import plan as plan_lib, workdir as workdir_lib
 from sparsejax.train.plan import Plan
 
 MODES = ("train", "compare", "lottery")  # one run; config.compare's variants; IMP rounds
@@ -46,6 +47,7 @@ def check(config: ml_collections.ConfigDict) -> None:
             raise TrainError(f"lottery needs rounds >= 1, 0 < fraction < 1 and rewind_epoch >= 0; "
                              f"got rounds={lt.rounds}, fraction={lt.fraction}, "
                              f"rewind_epoch={lt.rewind_epoch}")
+        _choice("lottery.rewind_schedule", lt.rewind_schedule, ("continue", "restart"))
     for key in ("num_epochs", "batch_size", "log_every_steps", "eval_every_epochs",
                 "checkpoint_every_epochs"):
         if config[key] <= 0:
@@ -75,16 +77,34 @@ def check(config: ml_collections.ConfigDict) -> None:
     _choice("tost.alpha_shape", t.alpha_shape, schedules.ALPHA_SHAPES)
     _choice("tost.beta_shape", t.beta_shape, schedules.BETA_SHAPES)
     _choice("tost.removal", t.removal, schedules.REMOVALS)
-    if m.method in ("snip", "grasp") and m.batches <= 0:
-        raise TrainError(f"mask.batches is {m.batches}; {m.method} needs at least one batch")
+    if m.samples < 0:
+        raise TrainError(f"mask.samples is {m.samples}; give the number of examples SNIP/GraSP "
+                         "score, or 0 for 10 per class (Synaptic-Flow)")
+    if config.model.activation == "pswish" and t.ghost_skip and not t.ghost_swish:
+        raise TrainError("model.activation is 'pswish' with ghost skips but tost.ghost_swish is "
+                         "off, so its β would jump to ReLU at removal; set tost.ghost_swish=True "
+                         "(β scheduled to ReLU) or model.activation=swish (kept after removal)")
+    if not 0 <= config.init.start_epoch < config.num_epochs:
+        raise TrainError(f"init.start_epoch is {config.init.start_epoch}; it must lie in "
+                         f"[0, num_epochs={config.num_epochs})")
+    if config.init.start_epoch and config.dst.method != "static":
+        raise TrainError("init.start_epoch > 0 (rewinding) works with static masks only; set "
+                         "dst.method=static or init.start_epoch=0")
+    r = config.recipe
+    if r.lrsi and r.lrsi_iterations < 1:
+        raise TrainError(f"recipe.lrsi_iterations is {r.lrsi_iterations}; it must be >= 1")
     try:  # what only the constructors know: a model's ghost skips, a rule's options, the schedules
         model(config, 10)
         plan = plan_lib.make(config, steps_per_epoch=1)
         ghost_inputs(config, plan)
         optimizer(config, plan, masks=None)  # the masks are needed only by its init
         losses.check_smoothing(t.label_smoothing, t.label_smoothing_variant)
+        if r.distill.teacher:
+            losses.check_distillation(r.distill.temperature, r.distill.weight)
     except ValueError as e:
         raise TrainError(" ".join(str(e).split())) from None
+    if r.distill.teacher:  # the file must fit the teacher model at this dataset's class count
+        teacher(config, data_lib.NUM_CLASSES[config.data.name], data_lib.CHANNELS[config.data.name])
     if config.mode == "compare":  # every variant, before the first one trains
         for name in config.compare:
             check(variant(config, name))
@@ -111,6 +131,42 @@ def model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
                         ghost_skip=config.tost.ghost_skip or None)
 
 
+def plain_model(model: Any) -> Any:
+    """The network after the ghost phase; the one masks are found on (`initial_masks`)."""
+    return models.remove_ghosts(model, {})[0]
+
+
+def teacher(config: ml_collections.ConfigDict, num_classes: int, channels: int
+            ) -> tuple[Any, dict]:
+    """The frozen teacher of ``recipe.distill``: its plain model (``teacher_model``, or this run's
+    model) and its variables from the ``teacher`` file (a ``final_variables.npz``)."""
+    kd = config.recipe.distill
+    try:
+        net = models.build(kd.teacher_model or config.model.name, num_classes)
+    except ValueError as e:
+        raise TrainError(f"recipe.distill.teacher_model: {e}") from None
+    like = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 8, 8, channels)),
+                                           train=False))
+    return net, workdir_lib.load_variables(kd.teacher, like, flag="recipe.distill.teacher",
+                                           complete=True)
+
+
+def loss(config: ml_collections.ConfigDict) -> Callable[..., jax.Array]:
+    """``(logits, labels, teacher_logits) -> per-example loss``: label-smoothed cross-entropy, or
+    distillation from the teacher's logits when ``recipe.distill.teacher`` is set."""
+    t, kd = config.tost, config.recipe.distill
+
+    def per_example(logits, labels, teacher_logits=None):
+        if teacher_logits is None:
+            return losses.cross_entropy(logits, labels, t.label_smoothing,
+                                        t.label_smoothing_variant)
+        return losses.distillation(logits, teacher_logits, labels, temperature=kd.temperature,
+                                   weight=kd.weight, smoothing=t.label_smoothing,
+                                   variant=t.label_smoothing_variant)
+
+    return per_example
+
+
 def learning_rate(config: ml_collections.ConfigDict, plan: Plan) -> optax.Schedule:
     """Piecewise-constant lr (× decay_factor at each boundary) after an optional linear warm-up."""
     o, warmup = config.optimizer, plan.warmup_steps
@@ -130,8 +186,12 @@ def optimizer(config: ml_collections.ConfigDict, plan: Plan, masks: Any
     params, since its state is keyed by parameter path and loses its ghost entries with them.
     """
     o, d = config.optimizer, config.dst
-    inner = optax.chain(optax.add_decayed_weights(o.weight_decay),
-                        optax.sgd(learning_rate(config, plan), o.momentum))
+    schedule = learning_rate(config, plan)
+
+    def lr(count):  # the inner optimizer counts from 0, the run from plan.start_step
+        return schedule(count + plan.start_step)
+
+    inner = optax.chain(optax.add_decayed_weights(o.weight_decay), optax.sgd(lr, o.momentum))
     return dst.sparse_training(
         inner, masks, method=d.method, update_every=plan.dst_every, start_step=plan.dst_start,
         end_step=plan.dst_end, drop_fraction=d.drop_fraction, drop_schedule=d.drop_schedule,
@@ -158,10 +218,15 @@ def overlay(tree: Any, values: Any) -> Any:
 
 
 def initial_masks(config: ml_collections.ConfigDict, params: Any, apply_fn: Callable,
-                  train_batches: Callable[[int], list[dict]], input_shape: tuple[int, ...]) -> Any:
-    """The masks the run starts from, by ``config.mask.method``."""
+                  train_batches: Callable[[int], list[dict]], input_shape: tuple[int, ...],
+                  num_classes: int) -> Any:
+    """The masks the run starts from, by ``config.mask.method``, for the *plain* network's ``params``
+    and ``apply_fn`` (ReLU, no ghost paths; `plain_model`), so a seed gives the same mask with and
+    without the ToST tweaks. SNIP and GraSP score ``mask.samples`` training examples (0: 10 per
+    class, as Synaptic-Flow), in batches of the run's per-host batch size."""
     try:
-        return _initial_masks(config.mask, config.seed, params, apply_fn, train_batches, input_shape)
+        return _initial_masks(config.mask, config.seed, params, apply_fn, train_batches,
+                              input_shape, num_classes)
     except UserError:
         raise
     except FileNotFoundError:
@@ -172,25 +237,27 @@ def initial_masks(config: ml_collections.ConfigDict, params: Any, apply_fn: Call
 
 
 def _initial_masks(m: ml_collections.ConfigDict, seed: int, params: Any, apply_fn: Callable,
-                   train_batches: Callable[[int], list[dict]], input_shape: tuple[int, ...]) -> Any:
+                   train_batches: Callable[[int], list[dict]], input_shape: tuple[int, ...],
+                   num_classes: int) -> Any:
     if m.method == "dense":
         return masks_lib.ones_like(params)
-    if m.method == "file":  # the file holds no ghost parameters: they get all-True masks
-        plain = paths.without_ghosts(params)
+    if m.method == "file":
         if pathlib.Path(m.file).suffix in TORCH_SUFFIXES:
-            loaded, report = pruning.load_torch_masks(m.file, plain)
+            loaded, report = pruning.load_torch_masks(m.file, params)
             if jax.process_index() == 0:
                 print(f"mask import from {m.file}: {report}")
-        else:
-            loaded = masks_lib.load(m.file, plain)
-        return overlay(masks_lib.ones_like(params), loaded)
+            return loaded
+        return masks_lib.load(m.file, params)
     densities = distributions.by_name(m.distribution)(params, m.sparsity, dense=m.dense_layers)
     rng = jax.random.key(seed + 1)
     if m.method == "random":
         return masks_lib.random(rng, params, densities)
     batches = None
     if m.method in ("snip", "grasp"):
-        batches = [{"x": b["image"], "y": b["label"]} for b in train_batches(m.batches)]
+        batches, left = [], m.samples or 10 * num_classes
+        for b in train_batches(left):
+            batches.append({"x": b["image"][:left], "y": b["label"][:left]})
+            left -= len(batches[-1]["y"])
     return pruning.find_mask(m.method, params, m.sparsity, apply_fn=apply_fn, batches=batches,
                              input_shape=(1, *input_shape), scope=m.scope,
                              densities=densities if m.scope == "layer" else None, rng=rng)

@@ -30,6 +30,7 @@ class Plan:
     eval_every: int
     checkpoint_every: int
     rewind_step: int | None         # step whose variables go to rewind.npz; None: never
+    start_step: int                 # the step a fresh run starts at (0, or a rewinding point)
 
     def epoch(self, step: int) -> int:
         return step // self.steps_per_epoch
@@ -53,7 +54,8 @@ def make(config: ml_collections.ConfigDict, steps_per_epoch: int) -> Plan:
         dst_every=d.update_every or steps_per_epoch, log_every=config.log_every_steps,
         eval_every=epochs(config.eval_every_epochs),
         checkpoint_every=epochs(config.checkpoint_every_epochs),
-        rewind_step=epochs(config.init.save_at_epoch) if config.init.save_at_epoch >= 0 else None)
+        rewind_step=epochs(config.init.save_at_epoch) if config.init.save_at_epoch >= 0 else None,
+        start_step=epochs(config.init.start_epoch))
 
 
 def itstime(step: int, every: int, total: int) -> bool:

@@ -3,7 +3,8 @@ written only atomically (``sparsejax.files``), so no file in it is ever half-wri
 
 Layout: ``config.json`` (the run's config; a workdir holds one config), ``.lock.<process>``,
 ``checkpoints/`` (orbax), ``metrics.jsonl``, ``tensorboard/``, ``rewind.npz`` (variables at
-``init.save_at_epoch``), ``final_variables.npz`` and ``summary.json`` at the end.
+``init.save_at_epoch``), ``initial_masks.npz`` (the masks step 0 starts from, found on the plain
+network; ``sparsejax.masks.save`` format), ``final_variables.npz`` and ``summary.json`` at the end.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sparsejax.errors import TrainError
 
 FINAL_VARIABLES = "final_variables.npz"  # the trained (plain) network's params and batch_stats
 REWIND_VARIABLES = "rewind.npz"          # the variables at config.init.save_at_epoch
+INITIAL_MASKS = "initial_masks.npz"      # the plain network's masks at step 0
 
 @contextlib.contextmanager
 def locked(workdir: str | os.PathLike) -> Iterator[pathlib.Path]:
@@ -84,17 +86,27 @@ def save_variables(path: pathlib.Path, variables: Any) -> None:
     files.save_npz(path, paths.flatten(variables))
 
 
-def load_variables(path: str | os.PathLike, like: Any) -> Any:
-    """Variables saved by `save_variables`, onto ``like``'s structure (paths it lacks keep ``like``'s)."""
+def load_variables(path: str | os.PathLike, like: Any, *, flag: str = "init.variables_file",
+                   complete: bool = False) -> Any:
+    """Variables saved by `save_variables`, onto ``like``'s structure (arrays or shapes).
+
+    Paths the file lacks keep ``like``'s values, unless ``complete``: then every path of ``like``
+    must be in the file. ``flag`` names the config key in the errors (`TrainError`, one line).
+    """
     try:
         stored = files.read_npz(path, "variables file",
                                 "make one with sparsejax.train.workdir.save_variables")
     except FileNotFoundError:
         raise TrainError(f"variables file {os.fspath(path)!r} does not exist; check "
-                         "--config.init.variables_file") from None
+                         f"--config.{flag}") from None
     want = paths.flatten(like)
     for k, v in stored.items():
         if k not in want or tuple(jnp.shape(want[k])) != v.shape:
             raise TrainError(f"variables file {os.fspath(path)!r} has {k!r} {v.shape}, which does "
-                             "not fit this model; it was saved for another model")
+                             f"not fit this model; it was saved for another model (--config.{flag})")
+    missing = [k for k in want if k not in stored] if complete else []
+    if missing:
+        raise TrainError(f"variables file {os.fspath(path)!r} lacks {missing[0]!r} "
+                         f"({len(missing)} entries); it was saved for another model "
+                         f"(--config.{flag})")
     return paths.unflatten(like, {**want, **{k: jnp.asarray(v) for k, v in stored.items()}})
