@@ -21,6 +21,7 @@ benchmark-only name. The model is a 90%-sparse ResNet-20, batch 128, one CPU dev
 
 from __future__ import annotations
 
+import functools
 import statistics
 import tempfile
 import time
@@ -32,7 +33,9 @@ import optax
 
 from benchmarks.results import write_section
 from configs import base
+import sparsejax
 from sparsejax import data as data_lib, distributions, masks, models, train
+from sparsejax.train import build, state as state_lib, step as step_lib
 from sparsejax.data import catalog
 from sparsejax.data.pipeline import Examples
 
@@ -81,12 +84,10 @@ class DeviceStep:
         params = variables["params"]
         m = masks.random(jax.random.key(1), params, distributions.erk(params, c.mask.sparsity))
         inner = optax.chain(optax.add_decayed_weights(2e-4), optax.sgd(0.1, 0.9))
-        tx = train.dst.sparse_training(inner, m, method="static")
-        state = {"step": jnp.int32(0), "params": masks.apply(params, m),
-                 "batch_stats": variables["batch_stats"], "opt_state": tx.init(params)}
-        self.state = jax.device_put(jax.tree.map(np.array, state))
-        self.step = jax.jit(train.make_train_step(model, tx, lambda s: {}, 0.0, "paper"),
-                            donate_argnums=0)
+        tx = sparsejax.sparse_training(inner, m, method="static")
+        self.state = jax.device_put(jax.tree.map(np.array, state_lib.create(variables, m, tx)))
+        self.step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, inputs=None,
+                                              loss=build.loss(c)), donate_argnums=0)
         self.single_call(3)
 
     def back_to_back(self, n: int = 20) -> float:

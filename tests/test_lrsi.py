@@ -169,6 +169,28 @@ def quadratic(params, batch):
     return 0.5 * sum(jnp.sum(x ** 2) for x in jax.tree.leaves(params)) + 0.0 * jnp.sum(batch)
 
 
+def test_constraint_and_objective_steps_keep_separate_first_moments():
+    """Two iterations on ½‖θ‖², the first violating ‖g‖ <= γ and the second not, without clipping.
+
+    RescaleAdam keeps one first moment per kind of step and one second moment for both, corrected by
+    the total step count (gradinit_optimizers.py). With g = θ_α the α-gradients are analytic:
+    constraint ∂‖θ_α‖/∂α_i = α_i‖θ_i‖²/‖θ_α‖, objective α_i‖θ_i‖²(1 − η/‖θ_α‖)/η.
+    """
+    params = {"a": {"kernel": jnp.ones((4, 4))}, "b": {"kernel": jnp.full((3, 1), 2.0)}}
+    sq = np.array([16.0, 12.0])  # ‖θ_i‖²
+    lr, eta, b1, b2, eps = 1e-2, 0.1, 0.9, 0.999, 1e-8
+    c1 = sq / np.sqrt(sq.sum())  # constraint gradient at α = 1
+    alpha1 = 1 - lr * (c1 * (1 - b1) / (1 - b1)) / (np.sqrt(c1 ** 2 * (1 - b2) / (1 - b2)) + eps)
+    norm1 = np.sqrt((alpha1 ** 2 * sq).sum())
+    gamma = (np.sqrt(sq.sum()) + norm1) / 2  # violated at α = 1, holds at α1
+    o2 = alpha1 * sq * (1 - eta / norm1) / eta
+    v2 = b2 * (1 - b2) * c1 ** 2 + (1 - b2) * o2 ** 2
+    alpha2 = alpha1 - lr * (o2 * (1 - b1) / (1 - b1)) / (np.sqrt(v2 / (1 - b2 ** 2)) + eps)
+    _, scales = lrsi.rescale(quadratic, params, masks.ones_like(params), [jnp.ones((2,))] * 3,
+                             iterations=2, gamma=float(gamma), gradient_clip=0.0)
+    np.testing.assert_allclose([scales["a/kernel"], scales["b/kernel"]], alpha2, rtol=1e-5)
+
+
 def test_scales_stop_at_their_lower_bounds():
     params = {"dense": {"kernel": jnp.full((6, 5), 3.0), "bias": jnp.full((5,), 2.0)},
               "bn": {"scale": jnp.full((5,), 4.0), "bias": jnp.zeros((5,))}}

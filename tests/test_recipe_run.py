@@ -234,3 +234,32 @@ def test_pswish_with_ghost_skips_needs_ghost_swish():
         build.check(c)
     c.model.activation = "swish"  # a fixed smooth activation is kept after removal
     build.check(c)
+
+
+@pytest.mark.slow  # one short run (about a minute): LRsI, distillation and BatchNorm re-estimation
+def test_a_run_with_the_whole_recipe(tmp_path, monkeypatch):
+    teacher = build.model(_config(), 10)
+    workdir_lib.save_variables(tmp_path / "teacher.npz",
+                               state_lib.init_variables(teacher, jax.random.key(5), (8, 8, 1)))
+    c = _config(**TWEAKS)
+    c.batch_size, c.num_epochs, c.optimizer.decay_epochs, c.progress = 128, 2, (1,), False
+    c.recipe.lrsi, c.recipe.lrsi_iterations = True, 2
+    c.recipe.distill.teacher = str(tmp_path / "teacher.npz")
+    c.tost.bn_reestimate_batches = 2
+    calls = []
+    original = loop._reestimate_batch_stats
+
+    def spy(state, stats_step, batches, count):
+        calls.append((int(state.step), count))
+        return original(state, stats_step, batches, count)
+
+    monkeypatch.setattr(loop, "_reestimate_batch_stats", spy)
+    summary = loop.train_and_evaluate(c, tmp_path / "run")
+    assert calls == [(10, 2)]  # right after the switch to the plain network, at the first decay
+    assert set(summary["lrsi_scales"]) == set(paths.flatten(
+        state_lib.init_variables(build.model(c, 10), jax.random.key(0), (8, 8, 1), alpha=1.0)
+        ["params"]))
+    first = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0]
+    assert '"step": 0' in first and "lrsi/conv1/kernel" in first
+    assert summary["step"] == 20 and np.isfinite(summary["final_test_accuracy"])
+    assert (tmp_path / "run" / workdir_lib.INITIAL_MASKS).exists()

@@ -240,7 +240,7 @@ def _direction(grads: Any, norm: jax.Array, first_step: str) -> Any:
     """The first step's direction: g/‖g‖₂ (SGD, 0 if g = 0) or sign(g) (Adam)."""
     if first_step == "adam":
         return jax.tree.map(jnp.sign, grads)
-    safe = jnp.where(norm > 0, norm, 1.0)
+    safe = jnp.where(norm > 0, norm ** 2, 1.0)
     return jax.tree.map(lambda g: jnp.where(norm > 0, g / safe, 0.0).astype(g.dtype), grads)
 
 
@@ -249,7 +249,7 @@ def _rescale_adam(state: ScaleState, grad: jax.Array, constraint: jax.Array, act
     """One ``RescaleAdam`` step on the scales of the ``active`` tensors (gradinit_optimizers.py)."""
     clip = settings.gradient_clip
     grad = jnp.where(clip > 0, jnp.clip(grad, -clip, clip), grad)
-    on = active  # the code skips tensors whose current norm is 0
+    on = active & (state.alpha != 0)  # the code skips tensors whose current norm is 0
     cons, obj = on & constraint, on & ~constraint
     constraint_count = state.constraint_count + cons
     objective_count = state.objective_count + obj
@@ -291,9 +291,8 @@ def step(state: ScaleState, base: Any, masks: Any, active: jax.Array, settings: 
     def constraint(alpha):  # minimise ‖g‖ itself, through the gradient
         return jax.grad(lambda a: grad_norm(a)[0])(alpha)
 
-    def objective(alpha):  # minimise L(S̃; θ_α − η·ĝ)/η with the step ĝ held constant
-        update = jax.lax.stop_gradient(jax.tree.map(lambda d: settings.eta * d,
-                                                    _direction(grads, norm, first_step)))
+    def objective(alpha):  # minimise L(S̃; θ_α − η·ĝ)/η; ĝ, made outside, is a constant here
+        update = jax.tree.map(lambda d: settings.eta * d, _direction(grads, norm, first_step))
 
         def updated_loss(a):
             moved = jax.tree.map(lambda p, u: p - u.astype(p.dtype), scaled_params(a, base), update)

@@ -91,8 +91,10 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise TrainError("init.start_epoch > 0 (rewinding) works with static masks only; set "
                          "dst.method=static or init.start_epoch=0")
     r = config.recipe
-    if r.lrsi and r.lrsi_iterations < 1:
-        raise TrainError(f"recipe.lrsi_iterations is {r.lrsi_iterations}; it must be >= 1")
+    if r.lrsi and (r.lrsi_iterations < 1 or not r.lrsi_learning_rate > 0):
+        raise TrainError(f"recipe.lrsi_iterations is {r.lrsi_iterations} and "
+                         f"recipe.lrsi_learning_rate {r.lrsi_learning_rate}; they must be >= 1 "
+                         "and > 0")
     try:  # what only the constructors know: a model's ghost skips, a rule's options, the schedules
         model(config, 10)
         plan = plan_lib.make(config, steps_per_epoch=1)

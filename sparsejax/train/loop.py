@@ -251,11 +251,14 @@ def _fresh_state(config, model, rng, ds, make_tx, init_inputs, ghost_inputs, wor
             return losses.cross_entropy(logits, batch["label"]).mean()
 
         r = config.recipe
-        count = min(ds.steps_per_epoch, LRSI_MAX_BATCHES)
-        params, scales = lrsi.rescale(
-            loss_fn, masks_lib.apply(variables["params"], masks), masks,
-            train_batches(count * config.batch_size), iterations=r.lrsi_iterations,
-            learning_rate=r.lrsi_learning_rate)
+        count = max(lrsi.MIN_BATCHES, min(ds.steps_per_epoch, LRSI_MAX_BATCHES))
+        try:
+            params, scales = lrsi.rescale(
+                loss_fn, masks_lib.apply(variables["params"], masks), masks,
+                train_batches(count * config.batch_size), iterations=r.lrsi_iterations,
+                learning_rate=r.lrsi_learning_rate)
+        except ValueError as e:  # a non-finite gradient norm at the init, a setting out of range
+            raise TrainError(f"recipe.lrsi: {' '.join(str(e).split())}") from None
         variables = {**variables, "params": params}
     return state_lib.create(variables, masks, make_tx(masks)), scales
 
