@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6,<2.7",
     "absl-py>=2.1,<3",
     "pillow>=10,<14",
+    "matplotlib>=3.8,<3.12",  # sparsejax.analysis.plots
     # tfds 4.9.10 uses importlib_resources without declaring it.
     "importlib-resources>=6,<8",
 ]
@@ -36,7 +37,9 @@ setup(
         # Preparing CIFAR-10/100 with tfds needs TensorFlow (~600 MB); training and reading never
         # import it, and digits and TinyImageNet need none.
         "cifar": ["tensorflow-cpu>=2.16,<2.22"],
-        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "pytest-timeout>=2.3,<3"],
+        # nbclient + ipykernel execute notebooks/research.ipynb in the tests.
+        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "pytest-timeout>=2.3,<3",
+                 "nbclient>=0.10,<0.12", "nbformat>=5.9,<6", "ipykernel>=6.29,<8"],
         # PyTorch mask import. Pinned to the CPU build tested here; any torch >= 2.1 reads the files.
         "torch": ["torch==2.13.0"],
     },

@@ -131,6 +131,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.init.start_epoch = 0  # >0: step 0 is this epoch's first step (lr schedule and data order
                             # continue from there: rewinding as open_lth); static masks only
 
+    c.analysis = ml_collections.ConfigDict()  # the papers' lenses during training (sparsejax.analysis)
+    c.analysis.lenses = ""  # comma-separated: activations,hessian,trace,gradient_flow,landscape,structure
+    c.analysis.epochs = ()  # after these epochs (0: before training); results in DIR/analysis/
+    c.analysis.batches = 10  # training batches the lenses average over (paper 002: 10)
+    c.analysis.hessian_iterations = 100
+    c.analysis.trace_samples = 20
+    c.analysis.landscape_steps = 21  # per axis: 21 points in 1-D, 21 × 21 in 2-D
+    c.analysis.landscape_span = 1.0
+    c.analysis.landscape_batches = 2  # the surfaces' loss is the mean over this many of the batches
+
     c.eval_every_epochs = 1
     c.checkpoint_every_epochs = 1
     c.log_every_steps = 50

@@ -1,5 +1,5 @@
-"""LRsI (sparsejax.recipe.lrsi): one scale per tensor, lower bounds, zeros stay zero, GradInit's step,
-a lower first-step objective than the masked init, and every validation error."""
+"""LRsI (sparsejax.recipe.lrsi): one scale per tensor, lower bounds, zeros stay zero, GradInit's
+steps, the batch order, a lower first-step objective than the masked init, and the input errors."""
 
 import math
 
@@ -25,21 +25,39 @@ class Net(nn.Module):
         return nn.Dense(10, name="head")(x.mean(axis=(1, 2)))
 
 
+def lecun_init(rng):
+    """Flax's defaults drawn with NumPy (no PRNG program to compile): LeCun-normal kernels, unit
+    BatchNorm scales and variances, zero biases and means."""
+    def init(path, leaf):
+        name = paths.key_name(path[-1])
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return jnp.asarray(rng.normal(size=leaf.shape).astype(np.float32) / np.sqrt(fan_in))
+        return jnp.full(leaf.shape, 1.0 if name in ("scale", "var") else 0.0, leaf.dtype)
+    return init
+
+
 MODEL = Net()
-VARIABLES = MODEL.init(jax.random.key(0), jnp.ones((2, 8, 8, 3)))
+SHAPES = jax.eval_shape(MODEL.init, jax.random.key(0), jnp.ones((2, 8, 8, 3)))
+VARIABLES = jax.tree_util.tree_map_with_path(lecun_init(np.random.default_rng(0)), SHAPES)
 PARAMS, STATS = VARIABLES["params"], VARIABLES["batch_stats"]
 MASKS = masks.random(jax.random.key(1), PARAMS, distributions.uniform(PARAMS, 0.8))
 MASKED = masks.apply(PARAMS, MASKS)
 
 
-def make_batches(n, seed=0):
-    """Random images labelled by a fixed random linear teacher (so the loss can be lowered)."""
+def make_batches(n, seed=0, weight=1.0):
+    """Random images labelled by a fixed random linear teacher (so the loss can be lowered).
+
+    ``weight`` multiplies each example's loss: a data value, so batches of another weight reuse the
+    compiled LRsI step.
+    """
     rng = np.random.default_rng(seed)
     teacher = np.random.default_rng(99).normal(size=(8 * 8 * 3, 10))
     out = []
     for _ in range(n):
         x = rng.normal(size=(16, 8, 8, 3)).astype(np.float32)
-        out.append({"image": x, "label": (x.reshape(16, -1) @ teacher).argmax(-1)})
+        out.append({"image": x, "label": (x.reshape(16, -1) @ teacher).argmax(-1),
+                    "weight": np.full((16,), weight, np.float32)})
     return out
 
 
@@ -50,13 +68,15 @@ def loss_fn(params, batch):
     """BatchNorm in training mode; the updated running statistics are discarded."""
     logits, _ = MODEL.apply({"params": params, "batch_stats": STATS}, batch["image"], train=True,
                             mutable=["batch_stats"])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    return (batch["weight"] * losses).mean()
 
 
 def concat(a, b):
     return jax.tree.map(lambda x, y: jnp.concatenate([x, y]), a, b)
 
 
+@jax.jit
 def masked_grad(params, batch):
     grads = jax.grad(loss_fn)(params, batch)
     return jax.tree.map(lambda g, m: g * m, grads, MASKS)
@@ -126,10 +146,7 @@ def scaled(alpha, tree=MASKED):
 
 
 TINY = 1e-8  # loss scale that makes the α-gradients about Adam's ε (1e-8)
-
-
-def tiny_loss(params, batch):
-    return TINY * loss_fn(params, batch)
+TINY_BATCHES = make_batches(6, weight=TINY)
 
 
 @pytest.mark.parametrize("gamma, clip", [(math.inf, 1.0), (math.inf, 5e-11), (1e-12, 1.0)],
@@ -143,19 +160,19 @@ def test_first_iteration_is_gradinits_rescale_adam_step(gamma, clip):
     """
     b0, b1, b2 = BATCHES[:3]
     ones = jnp.ones(len(paths.flatten(PARAMS)))
-    g = masked_grad(MASKED, concat(b0, b1))
-    step = jax.tree.map(lambda d: 0.1 * d / l2(g), g)
+    step = jax.jit(lambda g: jax.tree.map(lambda d: 0.1 * d / l2(g), g))(
+        masked_grad(MASKED, concat(b0, b1)))
     if gamma == math.inf:
         grad = jax.jit(jax.grad(lambda a: loss_fn(jax.tree.map(jnp.subtract, scaled(a), step),
                                                   concat(b0, b2)) / 0.1))(ones)
     else:
-        assert TINY * float(l2(g)) > gamma
+        assert TINY * float(jax.jit(l2)(masked_grad(MASKED, concat(b0, b1)))) > gamma
         grad = jax.jit(jax.grad(lambda a: l2(masked_grad(scaled(a), concat(b0, b1)))))(ones)
     raw = TINY * np.asarray(grad, np.float64)
     clipped = np.clip(raw, -clip, clip)
     active = np.array([np.any(np.asarray(x) != 0) for x in jax.tree.leaves(MASKED)])
     want = np.where(active, 1e-2 * clipped / (np.abs(clipped) + 1e-8), 0.0)
-    _, scales = lrsi.rescale(tiny_loss, PARAMS, MASKS, BATCHES, iterations=1, gamma=gamma,
+    _, scales = lrsi.rescale(loss_fn, PARAMS, MASKS, TINY_BATCHES, iterations=1, gamma=gamma,
                              gradient_clip=clip)
     moved = 1.0 - np.array(list(scales.values()))
     np.testing.assert_allclose(moved, want, rtol=1e-2, atol=1e-7)
@@ -191,6 +208,25 @@ def test_constraint_and_objective_steps_keep_separate_first_moments():
     np.testing.assert_allclose([scales["a/kernel"], scales["b/kernel"]], alpha2, rtol=1e-5)
 
 
+@pytest.mark.parametrize("gamma, grad", [(math.inf, (0.75 - 0.1 * 1.5) / 0.1), (1e-12, 1.5)],
+                         ids=["objective", "constraint"])
+def test_adam_first_step_is_a_sign_step_with_an_l1_norm(gamma, grad):
+    """first_step="adam": θ' = θ_α − η·sign(g) and ‖g‖ = ‖g‖₁. On w·½‖θ‖² with the kept θ = three
+    0.5s (‖θ‖² = 0.75, ‖θ‖₁ = 1.5) the α-gradient is w·(‖θ‖² − η‖θ‖₁)/η or w·‖θ‖₁ at α = 1."""
+    params = {"dense": {"kernel": jnp.full((2, 3), 0.5)}}
+    keep = {"dense": {"kernel": jnp.array([[True] * 3, [False] * 3])}}
+    weight = 1e-9  # α-gradients about Adam's ε, so the first step shows their size
+
+    def loss(p, batch):
+        return batch[0] * quadratic(p, batch)
+
+    out, scales = lrsi.rescale(loss, params, keep, [jnp.full((2,), weight)] * 3, iterations=1,
+                               gamma=gamma, first_step="adam")
+    c = weight * grad
+    assert scales["dense/kernel"] == pytest.approx(1 - 1e-2 * c / (c + 1e-8), abs=1e-7)
+    np.testing.assert_array_equal(out["dense"]["kernel"][1], 0.0)
+
+
 def test_scales_stop_at_their_lower_bounds():
     params = {"dense": {"kernel": jnp.full((6, 5), 3.0), "bias": jnp.full((5,), 2.0)},
               "bn": {"scale": jnp.full((5,), 4.0), "bias": jnp.zeros((5,))}}
@@ -203,6 +239,28 @@ def test_scales_stop_at_their_lower_bounds():
     assert min(scales["bn/scale"], scales["dense/kernel"]) >= np.float32(0.05)
     np.testing.assert_array_equal(out["dense"]["bias"], 0.0)
     assert int(jnp.count_nonzero(out["dense"]["kernel"])) == 15
+
+
+@pytest.mark.parametrize("gamma, pairs", [
+    (math.inf, {(0, 1), (0, 2), (3, 4), (3, 5), (6, 0), (6, 1), (2, 3), (2, 4)}),  # cursor + 3
+    (1e-9, {(0, 1), (2, 3), (4, 5), (6, 0)}),  # violated: b2 unused, cursor + 2
+], ids=["objective", "constraint"])
+def test_batches_are_used_as_documented(gamma, pairs):
+    """S = [b_c, b_c+1], S~ = [b_c, b_c+2]; the cursor c moves on by 3, or by 2 when ‖g‖ > γ."""
+    seen = set()
+
+    def record(ids):
+        seen.add((int(ids[0]), int(ids[-1])))
+
+    def loss(params, batch):
+        jax.debug.callback(record, batch["id"])
+        return quadratic(params, batch["x"])
+
+    batches = [{"x": jnp.ones((2,)), "id": jnp.full((2,), i)} for i in range(7)]
+    params = {"dense": {"kernel": jnp.full((2, 2), 0.1)}}
+    lrsi.rescale(loss, params, masks.ones_like(params), batches, iterations=4, gamma=gamma)
+    jax.effects_barrier()
+    assert seen == pairs
 
 
 BAD_MASKS = {**MASKS, "conv1": {**MASKS["conv1"], "kernel": jnp.ones((), bool)}}

@@ -51,7 +51,7 @@ def average_gradient_norm(loss_fn: LossFn, params: optax.Params, masks: Any,
     if not batches:
         raise ValueError("batches is empty; pass a non-empty list of batches")
     chosen = tuple(paths.prunable(params, filter_fn, required=True))
-    sparse = masks_lib.apply(params, masks)
+    sparse = jax.jit(masks_lib.apply)(params, masks)
     per_batch = np.asarray([_squared_norms(loss_fn, sparse, masks, batch, chosen)
                             for batch in batches], np.float64)  # (batches, layers)
     layers = np.sqrt(per_batch).mean(axis=0)

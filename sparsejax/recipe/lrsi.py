@@ -1,62 +1,63 @@
-"""Layer-wise re-scaled initialization (LRsI; ToST paper 000 §2.3, after GradInit, Zhu et al. 2021).
+"""Layer-wise re-scaled initialization (LRsI; ToST paper 000 §2.3, after GradInit, Zhu et al.).
 
-The (masked) initialization is kept and every parameter tensor θ_i is multiplied by one learned scalar
-α_i ≥ α_min,i (init 1). The scales make the first optimizer step as effective as possible
-(ALGORITHMS.md, "LRsI"): with θ_α = α ⊙ θ, g = m ⊙ ∇L(S; θ_α) (the gradient of the kept weights, m the
-mask) and two half-overlapping batches S = [b0, b1], S̃ = [b0, b2], each iteration
+The (masked) initialization is kept and every parameter tensor θ_i is multiplied by one learned
+scalar α_i ≥ α_min,i (init 1), chosen to make the first optimizer step as effective as possible
+(ALGORITHMS.md, "LRsI"). With θ_α = α ⊙ θ, g = m ⊙ ∇L(S; θ_α) (the gradient of the kept weights, m
+the mask) and two half-overlapping batches S = [b0, b1], S̃ = [b0, b2], each iteration
 
-- if ‖g‖ > γ (gradient-norm constraint violated), takes a step on α that minimises ‖g‖;
+- if ‖g‖ > γ (the gradient-norm constraint is violated), takes a step on α that minimises ‖g‖;
 - else takes a step on α that minimises L(S̃; θ_α − η·ĝ)/η, where ĝ = g/‖g‖₂ (``first_step="sgd"``,
   the normalised SGD step) or ĝ = sign(g) with ‖g‖ = ‖g‖₁ (``first_step="adam"``).
 
-The step on α is GradInit's ``RescaleAdam``; after the last iteration θ ← α ⊙ (m ⊙ θ): pruned weights
-stay exactly 0 and training proceeds as normal.
+The steps on α are GradInit's ``RescaleAdam``. At the end θ ← α ⊙ (m ⊙ θ): pruned weights stay
+exactly 0, and training proceeds as normal.
 
-Settings. The defaults are the ToST README's LRsI command (VITA-Group/ToST README.md, "Training using
-LRsI": ``--gradinit-alg sgd --gradinit-eta 0.1 --gradinit-gamma 1 --gradinit-normalize-grad
+Settings: the defaults are the ToST README's LRsI command (VITA-Group/ToST README.md, "Training
+using LRsI": ``--gradinit-alg sgd --gradinit-eta 0.1 --gradinit-gamma 1 --gradinit-normalize-grad
 --gradinit-lr 1e-2 --gradinit-min-scale 0.01 --gradinit-iters 180 --gradinit-grad-clip 1``). The
-argparse defaults of the released ``LRsI/train_ticket.py`` differ (lr 1e-3, 390 iterations, γ = ∞, no
-gradient normalisation); the README command is what ToST ran, so it is followed here.
+argparse defaults of ToST's ``LRsI/train_ticket.py`` differ (lr 1e-3, 390 iterations, γ = ∞, no
+normalisation); the README command is the recipe ToST gives, so it is the default here.
 
-Facts taken from the released GradInit code (zhuchen03/gradinit ``gradinit_utils.py`` and
-``gradinit_optimizers.py``; ToST ships identical copies in ``LRsI/``):
+Facts from the released GradInit code (zhuchen03/gradinit ``gradinit_utils.py``,
+``gradinit_optimizers.py``; ToST's ``LRsI/`` holds the same code):
 
-- Which scales get which lower bound: parameters whose name contains "weight" (Conv, Linear *and*
-  BatchNorm weights) get ``--gradinit-min-scale`` (0.01), those whose name contains "bias" get 0
-  (``gradinit_utils.py`` ``gradinit``: ``weight_params``/``bias_params`` groups of ``RescaleAdam``).
-  In Flax terms: a leaf whose own name contains "bias" gets ``min_scale_bias``, every other leaf
-  (``kernel``, BatchNorm ``scale``, ...) gets ``min_scale_weight``.
-- ‖g‖ is the L2 norm over all parameter gradients for SGD and the L1 norm for Adam; the SGD step is
-  normalised by the L2 norm ``g / ‖g‖₂`` (``--gradinit-normalize-grad``); the constraint branch
-  differentiates ‖g‖ itself (not ‖g‖²) through the gradient (a Hessian-vector product).
+- Lower bounds: parameters whose name contains "weight" (Conv, Linear *and* BatchNorm weights) get
+  ``--gradinit-min-scale`` (0.01), those whose name contains "bias" get 0 (``gradinit``: the
+  ``weight_params``/``bias_params`` groups of ``RescaleAdam``). In Flax names: a leaf whose own name
+  contains "bias" gets ``min_scale_bias``; every other leaf (``kernel``, BatchNorm ``scale``, ...)
+  gets ``min_scale_weight``.
+- ‖g‖ is the L2 norm over all parameter gradients for SGD, the L1 norm for Adam; the SGD step is
+  g/‖g‖₂ (``--gradinit-normalize-grad``); the constraint step differentiates ‖g‖ itself (not ‖g‖²)
+  through the gradient (second order).
 - The objective is the updated loss divided by η (``obj_loss = updated_loss / eta``), which matters
   because the α-gradients are clipped.
-- The first step is a constant when differentiating the objective: the code subtracts ``gstep.data``,
-  so ∂/∂α_i = ⟨∇L(S̃; θ'), θ_i⟩/η at θ' = θ_α − η·ĝ, without differentiating through ĝ. The formula
-  in ALGORITHMS.md, read literally, differentiates through ĝ; the default follows the released code
-  (cheaper, and it is what produced the papers' numbers).
-- ``RescaleAdam``: β = (0.9, 0.999), ε = 1e-8, each α's gradient clipped to [−clip, clip] ("per
-  dimension"; 0 turns clipping off), separate first moments and step counts for constraint and
-  objective steps but one second moment (bias-corrected by the total step count), then
-  α ← max(α − lr·m̂/(√v̂ + ε), α_min). A tensor whose norm is 0 (a zero-initialised bias, a fully pruned
-  kernel, or a bias whose scale reached 0) is skipped: its scale and moments stay as they are.
-  ``optax.adam`` is not used because of these three differences.
-- Batches: the released loop draws b0, b1 from the loader, and b2 only when the constraint holds, so
-  an iteration consumes two or three loader batches; each loader batch is half of S (ToST: training
-  batch 128, so |S| = 256). Here ``batches`` plays the loader: iteration t starts at a cursor c (0 at
-  first), uses b0 = batches[c], b1 = batches[c+1] and, when the constraint holds, b2 = batches[c+2];
-  the cursor then moves on by 3 (constraint held) or 2 (violated), indices modulo ``len(batches)``
-  (re-iterating the list as the code re-iterates its loader). At least 3 batches are needed, so that
-  b0, b1, b2 are different batches.
+- The first step is a constant when the objective is differentiated: the code subtracts
+  ``gstep.data``, so ∂/∂α_i = ⟨∇L(S̃; θ'), θ_i⟩/η at θ' = θ_α − η·ĝ, not differentiated through ĝ.
+  ALGORITHMS.md's formula, read literally, would differentiate through ĝ; the default follows the
+  released code (the code ToST ran, and one order of derivatives cheaper).
+- ``RescaleAdam`` differs from ``optax.adam``, so it is written out here: β = (0.9, 0.999),
+  ε = 1e-8; each α-gradient is clipped to [−clip, clip] ("per dimension"; clip 0 turns it off);
+  constraint and objective steps keep separate first moments and step counts but share one second
+  moment, bias-corrected by the total count; α ← max(α − lr·m̂/(√v̂ + ε), α_min). A tensor whose
+  norm is 0 (a zero-initialised bias, a fully pruned kernel, a bias whose scale reached 0) is
+  skipped: its scale and moments stay as they are.
+- Batches: the released loop draws b0 and b1 from the loader, and b2 only when the constraint holds,
+  so an iteration consumes two or three loader batches, each one half of S (ToST passes its training
+  loader, batch 128, so |S| = 256; GradInit's own ``train_cifar.py`` halves the batch instead). Here
+  ``batches`` plays the loader: iteration t starts at a cursor c (0 at first) and uses
+  b0 = batches[c], b1 = batches[c+1] and, when the constraint holds, b2 = batches[c+2]; the cursor
+  then moves on by 3 (constraint held) or 2 (violated), indices modulo ``len(batches)`` (the list
+  is re-iterated as the code re-iterates its loader). At least 3 batches are needed, so that b0, b1
+  and b2 are different batches.
 - BatchNorm runs in training mode (batch statistics) without updating its running statistics, and
-  dropout is off (``net.eval()`` then ``set_bn_modes``).
+  dropout is off (``net.eval()``, then ``set_bn_modes``).
 
 Where the paper text and the released code differ: ToST's ``LRsI/train_ticket.py`` runs GradInit on
 the *dense* network and applies the mask afterwards. The paper ("keep the original initialization of
 sparse masks intact ... and just re-scale it") and ALGORITHMS.md ("the mask stays applied (zeros
-remain zeros)") learn the scales on the masked network; this module follows the paper, since the scales
-should suit the network that is trained. (Passing all-True masks and masking afterwards reproduces the
-released behaviour.)
+remain zeros)") learn the scales on the masked network. This module follows the paper, since the
+scales should suit the network that is trained; all-True masks, with the mask applied afterwards,
+give the released behaviour.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # RescaleAdam defaults (gradinit_optimizer
 
 
 class ScaleState(NamedTuple):
-    """The scales and ``RescaleAdam``'s state, one entry per parameter tensor (vectors of shape [n])."""
+    """The scales and ``RescaleAdam``'s state: vectors of shape [n], one entry per tensor."""
 
     alpha: jax.Array  # the scales α
     objective_moment: jax.Array  # first moment of objective steps
@@ -91,7 +92,7 @@ class ScaleState(NamedTuple):
 
 
 class Settings(NamedTuple):
-    """The numeric settings of one ``rescale`` call, as traced scalars (a new value does not recompile)."""
+    """The numeric settings of a ``rescale`` call, traced (a new value does not recompile)."""
 
     learning_rate: jax.Array
     eta: jax.Array
@@ -101,7 +102,7 @@ class Settings(NamedTuple):
 
 
 def is_bias(path: str) -> bool:
-    """Whether a leaf gets the bias lower bound: its own name (the last path entry) contains "bias"."""
+    """Whether a leaf gets the bias lower bound: its own name (last path entry) has "bias"."""
     return "bias" in path.rsplit("/", 1)[-1].lower()
 
 
@@ -109,7 +110,7 @@ def rescale(loss_fn: LossFn, params: Any, masks: Any, batches: Sequence[Any], *,
             iterations: int = 180, learning_rate: float = 1e-2, eta: float = 0.1,
             gamma: float = 1.0, min_scale_weight: float = 0.01, min_scale_bias: float = 0.0,
             gradient_clip: float = 1.0, first_step: str = "sgd") -> tuple[Any, dict[str, float]]:
-    """Learns one scale per parameter tensor (LRsI/GradInit) and returns ``(α ⊙ masked params, scales)``.
+    """Learns one scale per parameter tensor (LRsI) and returns ``(α ⊙ masked params, scales)``.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``, differentiable twice and deterministic (no
@@ -117,12 +118,13 @@ def rescale(loss_fn: LossFn, params: Any, masks: Any, batches: Sequence[Any], *,
         statistics without keeping the updated running statistics, as GradInit does, e.g.
         ``logits, _ = model.apply({"params": p, "batch_stats": stats}, batch["image"], train=True,
         mutable=["batch_stats"])`` (the returned statistics are discarded).
-      params: the initial parameters (any pytree of float arrays).
+      params: the initial parameters (any pytree of float arrays). Every leaf gets a scale, ghost
+        parameters too if the loss uses them.
       masks: bool pytree with the params' structure (True = kept); it is applied to ``params`` first
         and stays applied.
-      batches: a list of at least 3 batches, each a pytree of arrays with a leading batch axis and the
-        same structure; each is one half of S (see the module docstring for the order of use). Batches
-        of one shape compile once.
+      batches: a list of at least 3 batches, each a pytree of arrays with a leading batch axis,
+        all of one structure; each is one half of S (the module docstring gives the order of use).
+        Batches of one shape compile once.
       iterations: number of iterations (GradInit steps on α).
       learning_rate: ``RescaleAdam``'s learning rate.
       eta: the first step's learning rate η.
@@ -240,7 +242,7 @@ def _direction(grads: Any, norm: jax.Array, first_step: str) -> Any:
     """The first step's direction: g/‖g‖₂ (SGD, 0 if g = 0) or sign(g) (Adam)."""
     if first_step == "adam":
         return jax.tree.map(jnp.sign, grads)
-    safe = jnp.where(norm > 0, norm ** 2, 1.0)
+    safe = jnp.where(norm > 0, norm, 1.0)
     return jax.tree.map(lambda g: jnp.where(norm > 0, g / safe, 0.0).astype(g.dtype), grads)
 
 
@@ -262,7 +264,8 @@ def _rescale_adam(state: ScaleState, grad: jax.Array, constraint: jax.Array, act
     count = jnp.maximum(jnp.where(constraint, constraint_count, objective_count), 1)
     moment = jnp.where(constraint, constraint_moment, objective_moment)
     correction1 = 1 - BETA1 ** count.astype(jnp.float32)
-    correction2 = 1 - BETA2 ** jnp.maximum(constraint_count + objective_count, 1).astype(jnp.float32)
+    total = jnp.maximum(constraint_count + objective_count, 1)
+    correction2 = 1 - BETA2 ** total.astype(jnp.float32)
     denom = jnp.sqrt(second_moment / correction2) + EPS
     updated = jnp.maximum(state.alpha - settings.learning_rate / correction1 * moment / denom,
                           settings.min_scale)

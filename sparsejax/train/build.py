@@ -16,6 +16,7 @@ from flax import traverse_util
 
 from sparsejax import data as data_lib
 from sparsejax import distributions, dst, masks as masks_lib, models, nn, paths, pruning, schedules
+from sparsejax.analysis import lenses
 from sparsejax.dst import timing
 from sparsejax.errors import TrainError, UserError
 from sparsejax.recipe import losses
@@ -105,6 +106,17 @@ def check(config: ml_collections.ConfigDict) -> None:
             losses.check_distillation(r.distill.temperature, r.distill.weight)
     except ValueError as e:
         raise TrainError(" ".join(str(e).split())) from None
+    lens_names(config)
+    a = config.analysis
+    if any(not 0 <= e <= config.num_epochs for e in a.epochs):
+        raise TrainError(f"analysis.epochs {tuple(a.epochs)} has an epoch outside the run "
+                         f"[0, {config.num_epochs}]")
+    if min(a.batches, a.hessian_iterations, a.trace_samples, a.landscape_steps - 1,
+           a.landscape_batches) < 1 \
+            or not a.landscape_span > 0:
+        raise TrainError("analysis: batches, hessian_iterations, trace_samples and "
+                         "landscape_batches must be >= 1, "
+                         "landscape_steps >= 2 and landscape_span > 0")
     if r.distill.teacher:  # the file must fit the teacher model at this dataset's class count
         teacher(config, data_lib.NUM_CLASSES[config.data.name], data_lib.CHANNELS[config.data.name])
     if config.mode == "compare":  # every variant, before the first one trains
@@ -131,6 +143,22 @@ def model(config: ml_collections.ConfigDict, num_classes: int) -> Any:
     activation = "pswish" if config.tost.ghost_swish else config.model.activation
     return models.build(config.model.name, num_classes, activation=activation,
                         ghost_skip=config.tost.ghost_skip or None)
+
+
+def lens_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The lenses of ``config.analysis.lenses`` (comma-separated), checked."""
+    names = tuple(n.strip() for n in config.analysis.lenses.split(",") if n.strip())
+    try:
+        return lenses.check(names)
+    except ValueError as e:
+        raise TrainError(f"analysis.lenses: {e}") from None
+
+
+def lens_settings(config: ml_collections.ConfigDict) -> lenses.Settings:
+    a = config.analysis
+    return lenses.Settings(hessian_iterations=a.hessian_iterations, trace_samples=a.trace_samples,
+                           landscape_steps=a.landscape_steps, landscape_span=a.landscape_span,
+                           landscape_batches=a.landscape_batches)
 
 
 def plain_model(model: Any) -> Any:

@@ -22,12 +22,12 @@ from sparsejax.train.state import TrainState
 
 
 class Checkpoints:
-    def __init__(self, workdir: pathlib.Path, keep: int):
+    def __init__(self, workdir: pathlib.Path, keep: int, *, create: bool = True):
         self.workdir = workdir
         self.manager = ocp.CheckpointManager(
             (workdir / "checkpoints").absolute(),
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
-                                                 create=True))
+                                                 create=create, read_only=not create))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -55,6 +55,16 @@ class Checkpoints:
                              f"(step {damaged[0][0]}: {damaged[0][1]}); delete that directory to "
                              "start over, or use another --workdir")
         return None
+
+    def restore_step(self, step: int, target: Callable[[int], TrainState]) -> TrainState:
+        """The state of checkpoint ``step`` (read only; `TrainError` if it cannot be read)."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(target(step)),
+                                  meta=ocp.args.JsonRestore())
+        try:
+            return self.manager.restore(step, args=args)["state"]
+        except Exception as error:  # noqa: BLE001 - whatever a damaged checkpoint makes orbax raise
+            raise TrainError(f"checkpoint step {step} in {str(self.workdir / 'checkpoints')!r} "
+                             f"cannot be read ({type(error).__name__}); pass another --step") from None
 
     def _set_aside(self, damaged: list[tuple[int, str]]) -> None:
         """Moves unreadable steps to ``damaged_checkpoints/<step>[.<n>]`` (process 0; all wait)."""

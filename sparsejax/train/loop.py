@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
 from sparsejax import data as data_lib, dst, masks as masks_lib, paths
+from sparsejax.analysis import lenses
 from sparsejax.errors import TrainError
 from sparsejax.recipe import losses, lrsi
 from sparsejax.train import build, plan as plan_lib, state as state_lib, step as step_lib
@@ -128,6 +129,26 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                disable=jax.process_index() != 0 or not config.progress, mininterval=1.0)
     learning_rate = build.learning_rate(config, plan)
     pending: list[dict] = []
+    lens_names, lens_epochs = build.lens_names(config), set(config.analysis.epochs)
+    lens_batches = list(itertools.islice(iter(ds.train), config.analysis.batches if lens_names else 0))
+
+    def analyze(state) -> None:  # the lenses after the epochs config.analysis names (process 0)
+        step = int(state.step)
+        if (not lens_names or step % plan.steps_per_epoch or plan.epoch(step) not in lens_epochs
+                or jax.process_index() != 0):
+            return
+        net, inputs = (plain, None) if plain_at(step) else (model, ghost_inputs)
+        subject = lenses.Subject(net, {"params": state.params, "batch_stats": state.batch_stats},
+                                 dst.get_masks(state.opt_state),
+                                 inputs(state.step) if inputs else {})
+        results = lenses.run(lens_names, subject, lens_batches, rng=jax.random.fold_in(rng, step),
+                             input_shape=ds.image_shape, settings=build.lens_settings(config))
+        for name, result in results.items():
+            writer.write(step, lenses.scalars(name, result), file=f"analysis/{name}.jsonl",
+                         record={"epoch": plan.epoch(step), **result})
+
+    if step == plan.start_step:
+        analyze(state)
     if step == plan.rewind_step:
         _save_variables(workdir / workdir_lib.REWIND_VARIABLES, state)
     try:
@@ -169,6 +190,7 @@ def _run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
                     report = {"sparsity": report["sparsity"]}
                 scalars.update({k: float(v) for k, v in report.items()})
                 writer.write(step, {"epoch": plan.epoch(step), **scalars})
+            analyze(state)
             if plan_lib.itstime(step, plan.checkpoint_every, plan.total_steps):
                 checkpoints.save(step, state, {**meta, "data": train_iter.get_state()})
     finally:
