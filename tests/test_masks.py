@@ -75,7 +75,7 @@ def scores_and_densities(draw):
     return scores, {name: draw(DENSITY) for name in sorted(names)}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scores_and_densities())
 def test_from_scores_keeps_exactly_round_d_n_of_the_largest(case):
     scores, densities = case
