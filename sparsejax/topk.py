@@ -4,38 +4,61 @@
 the lower flat index wins. ``k`` may be a traced integer (it follows a schedule in dynamic sparse
 training), so nothing here needs ``k`` at trace time.
 
-Method (ALGORITHMS.md, "Exact top-k masks"): every score is mapped to an order-preserving unsigned
-32-bit key (its float bits, with negative numbers flipped). The k-th largest key ``t`` is found with
-two 16-bit histogram passes: a scatter-add of the keys' high 16 bits into 65536 int32 bins (summed
-over all leaves for a global top-k) gives the high half of ``t`` as the largest bin with at least
-``k`` keys at or above it, by cumulative counts from the top; a second histogram, of the low 16 bits
-of the keys in that bin only, gives the low half with the rank left over. The two histograms also
-give ``count(key > t)`` and ``count(key == t)``. Keys above ``t`` are all selected; among the keys
-equal to ``t`` the first ``k - count(key > t)`` in flat order are selected, up to a cut on the global
-flat index found, only when the tie actually has to be broken, by two more histogram passes over the
+Ranking is exact on every input: scores are compared by the exact bit pattern of their own dtype,
+never through a float computation. Every score is mapped, with integer operations only, to an
+order-preserving unsigned key of its width (``keys``): a float's bits with the sign-flip trick
+(negative numbers complemented, positive ones with the sign bit set), a signed integer's bits with
+the sign bit flipped, an unsigned integer as is; 8-bit integers and bool are widened to 16-bit
+keys. So subnormal floats keep their order (no flush to zero, as XLA:CPU float comparisons do),
+float64 and int64/uint64 scores are not rounded, and float16/bfloat16/int16 scores take 16-bit keys.
+Special values:
+
+- ``-0.0`` and ``+0.0`` are equal (one key); which of them is kept is decided by flat index.
+- ``+inf`` ranks above every finite score, ``-inf`` below every finite score.
+- NaN (any sign, any payload) ranks below everything, ``-inf`` included (key 0), so it is selected
+  only when ``k`` exceeds the number of non-NaN scores (the count stays exactly ``k``); NaNs among
+  themselves go by flat index. NaN is not a score: an eager call (concrete scores) raises
+  ``ValueError`` when the scores contain NaN; under ``jit`` (traced scores) it is not checked and
+  NaN simply ranks last.
+
+Dtypes: bool, signed and unsigned integers, float16, bfloat16, float32 and float64 (float64 and
+64-bit integers exist only with ``jax_enable_x64``; without it JAX itself converts 64-bit inputs to
+32 bits when they become JAX arrays, and the ranking is exact on what JAX holds). Other dtypes
+(float8 formats, complex) raise ``ValueError``. In ``global_masks`` the leaves may mix floating
+dtypes: they are then ranked exactly in the widest of them (float16 with bfloat16: float32), each
+leaf's bits widened by integer operations (subnormals of the narrower format are normal numbers of
+the wider one); integer and bool leaves must share one dtype with all other leaves (ValueError
+otherwise).
+
+Method (ALGORITHMS.md, "Exact top-k masks"): the k-th largest key ``t`` is found 16 bits at a time,
+most significant first, with one histogram pass per 16 bits of key (1 pass for 16-bit keys, 2 for
+32-bit, 4 for 64-bit). The first pass scatter-adds the keys' top 16 bits into 65536 int32 bins
+(summed over all leaves for a global top-k) and takes the top 16 bits of ``t`` as the largest bin
+with at least ``k`` keys at or above it, by cumulative counts from the top; each further pass counts
+the next 16 bits of only the keys that share the prefix of ``t`` found so far (the others go to an
+extra bin, dropped) and picks the next digit with the rank left over. The histograms also give
+``count(key > t)`` and ``count(key == t)``. Keys above ``t`` are all selected; among the keys equal
+to ``t`` the first ``k - count(key > t)`` in flat order are selected, up to a cut on the global flat
+index found, only when the tie actually has to be broken, by two more histogram passes over the
 flat indices of the tied keys (high bits, then low bits within the chosen block). The mask is then
-written in one elementwise pass per leaf. That is 2 to 4 reads of the scores before the mask (this
-replaced 32 bisection counting passes for ``t``, plus ~log2(N) for a tie); on a sharded array each
-pass is a histogram per shard and one all-reduce of the (at most 65537) bins.
+written in one elementwise pass per leaf. For float32 scores that is 2 to 4 reads of the scores
+before the mask (this replaced 32 bisection counting passes for ``t``, plus ~log2(N) for a tie); on
+a sharded array each pass is a histogram per shard and one all-reduce of the (at most 65537) bins.
 
 Memory: no sort, no index array and no copy of the scores. XLA:CPU does not fuse a comparison into
 a reduction or the bin computation into a scatter: a whole-array pass writes the keys and int32 bin
 indices of the full size first. So each pass reads a leaf in chunks of ``_CHUNK`` (2^18) scores
 through ``lax.dynamic_slice`` (the last partial chunk is a static slice, no padding), scatter-adding
-chunk by chunk into the histogram: the keys and bin indices are at most a chunk long (1 MiB each),
-and each histogram is 256 KiB. The peak memory beyond the scores is then the bool output mask
-(N bytes) plus these few MiB. Measured figures, also for the whole-array passes and for an argsort
-(JaxPruner's): benchmarks/RESULTS.md, "Top-k selection" (``benchmarks/topk.py``).
+chunk by chunk into the histogram: the keys and bin indices are at most a chunk long (1 MiB each
+for 32-bit keys), and each histogram is 256 KiB. The peak memory beyond the scores is then the bool
+output mask (N bytes) plus these few MiB. Measured figures, also for the whole-array passes and for
+an argsort (JaxPruner's): benchmarks/RESULTS.md, "Top-k selection" (``benchmarks/topk.py``).
 
 Exception: a leaf that may be split over several devices is counted whole, since dynamic slices of
 it would make XLA gather it onto every device; it then has the full-size temporaries above (per
 device of its shard). That is a non-replicated sharded array, a tracer whose type carries an
 explicit sharded spec, and also any tracer of unknown sharding (a caller's ``jit`` without explicit
 sharding types) when the process has more than one device.
-
-Scores are compared as float32 (integer, bfloat16 and float16 scores are converted first); ``-0.0``
-counts as ``0.0``; NaN scores are rejected by the callers that can see concrete values
-(``sparsejax.masks.from_scores``) and must not be passed under ``jit``.
 """
 
 from __future__ import annotations
@@ -47,18 +70,100 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_SIGN = np.uint32(0x80000000)
 # Elements per chunk: 2^18 float32 = 1 MiB read, 1 MiB int32 bin indices (stay in cache).
 _CHUNK = 1 << 18
+_DIGIT = 16  # bits of key per histogram pass (65536 bins)
+
+# IEEE binary formats whose bits are ranked: dtype -> (mantissa bits, exponent bits).
+_FLOATS = {jnp.dtype(jnp.float16): (10, 5), jnp.dtype(jnp.bfloat16): (7, 8),
+           jnp.dtype(jnp.float32): (23, 8), jnp.dtype(jnp.float64): (52, 11)}
+_UINT = {16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
+
+
+def _key_dtype(dtypes) -> jnp.dtype:
+    """The dtype whose keys rank scores of ``dtypes`` together: their common dtype, or for mixed
+    floating dtypes the widest (float16 with bfloat16: float32). ValueError if there is none."""
+    dtypes = sorted({jnp.dtype(d) for d in dtypes}, key=str)
+    for d in dtypes:
+        if not (d == jnp.bool_ or jnp.issubdtype(d, jnp.integer) or d in _FLOATS):
+            raise ValueError(f"top-k scores of dtype {d} are not supported; expected bool, an "
+                             "integer dtype, float16, bfloat16, float32 or float64")
+    if len(dtypes) == 1:
+        return dtypes[0]
+    if not all(d in _FLOATS for d in dtypes):
+        raise ValueError(f"top-k scores mix dtypes {', '.join(map(str, dtypes))}; floating dtypes "
+                         "may mix, otherwise all leaves must share one dtype")
+    if jnp.dtype(jnp.float64) in dtypes:
+        return jnp.dtype(jnp.float64)
+    return jnp.dtype(jnp.float32)
+
+
+def _key_bits(dtype: jnp.dtype) -> int:
+    """Width of the keys of ``dtype``: its own width, at least 16."""
+    return max(_DIGIT, 8 * jnp.dtype(dtype).itemsize)
+
+
+def _widen(bits: jax.Array, src: jnp.dtype, dst: jnp.dtype) -> jax.Array:
+    """The bits of a ``dst`` float with the value of the ``src`` float with bits ``bits`` (exact:
+    ``dst`` holds every ``src`` value), by integer operations only."""
+    (ms, es), (md, ed) = _FLOATS[src], _FLOATS[dst]
+    ws, wd = 8 * src.itemsize, 8 * dst.itemsize
+    u = _UINT[wd]
+    b = bits.astype(u)
+    sign = (b >> u(ws - 1)) << u(wd - 1)
+    e = (b >> u(ms)) & u((1 << es) - 1)
+    m = b & u((1 << ms) - 1)
+    fraction = m << u(md - ms)
+    if es == ed:  # bfloat16 -> float32: same exponents, subnormals stay subnormal.
+        return sign | (e << u(md)) | fraction
+    rebias = ((1 << (ed - 1)) - 1) - ((1 << (es - 1)) - 1)
+    normal = sign | ((e + u(rebias)) << u(md)) | fraction
+    special = sign | (u((1 << ed) - 1) << u(md)) | fraction  # inf and NaN (payload kept nonzero)
+    # A subnormal m * 2^(1 - bias - ms) is normal in dst: top bit p of m gives the exponent.
+    top = u(wd - 1) - jax.lax.clz(m)
+    exponent = top + u(rebias + 1 - ms)
+    subnormal = sign | (exponent << u(md)) | ((m << (u(md) - top)) & u((1 << md) - 1))
+    out = jnp.where(e == u((1 << es) - 1), special, normal)
+    out = jnp.where(e == 0, jnp.where(m == 0, sign, subnormal), out)
+    return out
+
+
+def _keys_as(scores: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """Order-preserving unsigned keys of ``scores`` ranked as ``dtype`` (``_key_dtype``)."""
+    x = jnp.asarray(scores)
+    src = jnp.dtype(x.dtype)
+    if src == jnp.bool_:
+        return x.astype(jnp.uint16)
+    if jnp.issubdtype(src, jnp.unsignedinteger):
+        return x.astype(_UINT[_key_bits(src)])
+    if jnp.issubdtype(src, jnp.signedinteger):
+        width = _key_bits(src)
+        x = x.astype(jnp.dtype(f"int{width}"))  # int8 -> int16: exact
+        u = _UINT[width]
+        return jax.lax.bitcast_convert_type(x, u) ^ u(1 << (width - 1))
+    width = 8 * src.itemsize
+    bits = jax.lax.bitcast_convert_type(x, _UINT[width])
+    if src != dtype:
+        bits = _widen(bits, src, dtype)
+        width = 8 * dtype.itemsize
+    mantissa, exponent = _FLOATS[dtype]
+    u = _UINT[width]
+    sign, infinity = u(1 << (width - 1)), u(((1 << exponent) - 1) << mantissa)
+    bits = jnp.where(bits == sign, u(0), bits)  # -0.0 gets the key of 0.0
+    key = jnp.where(bits >= sign, ~bits, bits | sign)
+    return jnp.where((bits & ~sign) > infinity, u(0), key)  # NaN: key 0, below -inf
 
 
 def keys(scores: jax.Array) -> jax.Array:
-    """Order-preserving uint32 keys: ``keys(a) < keys(b)`` exactly when ``a < b`` as float32."""
-    x = jnp.asarray(scores).astype(jnp.float32)
-    x = jnp.where(x == 0, jnp.float32(0), x)  # -0.0 and 0.0 get one key.
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    negative = bits >= _SIGN
-    return jnp.where(negative, ~bits, bits | _SIGN)
+    """Order-preserving unsigned keys of ``scores``, computed from their bits by integer operations.
+
+    ``keys(a) < keys(b)`` exactly when ``a < b`` in ``scores.dtype`` (no rounding, no flush of
+    subnormals); ``-0.0`` and ``0.0`` share a key; every NaN has key 0, below ``-inf`` (key >= 1).
+    Keys are as wide as the dtype (uint16 for float16/bfloat16/int16, uint32 for float32/int32,
+    uint64 for float64/int64/uint64), and uint16 for bool and 8-bit integers.
+    """
+    scores = jnp.asarray(scores)
+    return _keys_as(scores, _key_dtype([scores.dtype]))
 
 
 def _may_be_split(leaf: jax.Array) -> bool:
@@ -92,6 +197,7 @@ def _fold(leaves: list[jax.Array], offsets: list[int], fn, init: jax.Array,
     would make XLA gather them onto every device.
     """
     acc = init
+    dtype = _key_dtype([leaf.dtype for leaf in leaves])
     for leaf, offset, chunk in zip(leaves, offsets, chunks):
         flat = leaf.reshape(-1)  # A bitcast: no copy.
         n = flat.size
@@ -99,7 +205,7 @@ def _fold(leaves: list[jax.Array], offsets: list[int], fn, init: jax.Array,
 
         def part(acc, values, start, offset=offset):
             index = jax.lax.broadcasted_iota(jnp.int32, values.shape, 0) + (start + offset)
-            return fn(acc, keys(values), index)
+            return fn(acc, _keys_as(values, dtype), index)
 
         full, tail = divmod(n, chunk)
         if full > 1:
@@ -136,32 +242,46 @@ def _top_bin(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array, jax.A
     """The largest bin ``b`` with ``count(bin >= b) >= k`` (``size - 1`` when ``k <= 0``), and
     ``count(bin > b)`` and ``count(bin == b)``."""
     size = hist.shape[0]
-    at_least = jnp.cumsum(hist[::-1])[::-1]  # at_least[b] = count(bin >= b)
+    at_least = jnp.cumsum(hist[::-1], dtype=jnp.int32)[::-1]  # at_least[b] = count(bin >= b)
     b = jnp.maximum(jnp.sum(at_least >= k, dtype=jnp.int32) - 1, 0)
-    above = jnp.where(b + 1 < size, at_least[jnp.minimum(b + 1, size - 1)], 0)
+    above = jnp.where(b + 1 < size, at_least[jnp.minimum(b + 1, size - 1)], 0).astype(jnp.int32)
     return b, above, hist[b]
 
 
-def _kth_largest_key(leaves, offsets, k, chunks) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The largest key ``t`` with ``count(keys >= t) >= k`` over all leaves, ``count(keys > t)`` and
-    ``count(keys == t)``, from two 16-bit histogram passes.
+def _kth_largest_key(leaves, offsets, k, chunks
+                     ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The largest key ``t`` with ``count(keys >= t) >= k`` over all leaves, ``count(keys > t)``,
+    ``count(keys == t)`` and the number of NaN scores, from one 16-bit histogram pass per 16 bits of
+    key, most significant first.
 
-    The first pass counts the keys' high 16 bits (65536 int32 bins, summed over leaves) and picks the
-    high half ``b`` of ``t`` from the cumulative counts from the top; the second counts the low 16
-    bits of the keys whose high half is ``b`` (the others go to an extra bin, dropped) and picks the
-    low half with the rank left, ``k - count(high > b)``.
+    The first pass counts the keys' top 16 bits (65536 int32 bins, summed over leaves) and picks the
+    top digit ``b`` of ``t`` from the cumulative counts from the top; each further pass counts the
+    next 16 bits of the keys whose higher bits equal the prefix of ``t`` found so far (the others go
+    to an extra bin, dropped) and picks the next digit with the rank left, ``k - count(key > t)``
+    so far. NaN scores have key 0, and no other float key has its top 16 bits all zero (the
+    smallest, ``-inf``'s, is ``2^m - 1`` for ``m`` mantissa bits, at least ``2^16`` for 32/64-bit
+    keys, m = 23 or 52; for 16-bit keys bin 0 is key 0), so bin 0 of the first pass counts the NaNs.
     """
-    high = _histogram(leaves, offsets, lambda key: (key >> 16).astype(jnp.int32), 1 << 16, chunks)
-    b, above_b, _ = _top_bin(high, k)
+    dtype = _key_dtype([leaf.dtype for leaf in leaves])
+    width = _key_bits(dtype)
+    u = _UINT[width]
+    prefix, above, rank = None, jnp.int32(0), k
+    for shift in range(width - _DIGIT, -1, -_DIGIT):
+        def digit(key, prefix=prefix, shift=shift):
+            bits = ((key >> u(shift)) & u((1 << _DIGIT) - 1)).astype(jnp.int32)
+            if prefix is None:
+                return bits
+            return jnp.where((key >> u(shift + _DIGIT)) == prefix, bits, 1 << _DIGIT)
 
-    def low_bin(key):
-        in_b = (key >> 16).astype(jnp.int32) == b
-        return jnp.where(in_b, (key & 0xFFFF).astype(jnp.int32), 1 << 16)
-
-    low = _histogram(leaves, offsets, low_bin, (1 << 16) + 1, chunks)[:1 << 16]
-    c, above_c, ties = _top_bin(low, k - above_b)
-    t = (b.astype(jnp.uint32) << 16) | c.astype(jnp.uint32)
-    return t, above_b + above_c, ties
+        size = (1 << _DIGIT) + (prefix is not None)
+        hist = _histogram(leaves, offsets, digit, size, chunks)[:1 << _DIGIT]
+        if prefix is None:
+            nans = hist[0] if dtype in _FLOATS else jnp.int32(0)
+        b, above_b, ties = _top_bin(hist, rank)
+        above, rank = above + above_b, rank - above_b
+        b = b.astype(u)
+        prefix = b if prefix is None else (prefix << u(_DIGIT)) | b
+    return prefix, above, ties, nans
 
 
 def _tie_cut(leaves, offsets, t, need, ties, chunks) -> jax.Array:
@@ -180,7 +300,7 @@ def _tie_cut(leaves, offsets, t, need, ties, chunks) -> jax.Array:
 
     def first_reaching(hist, r):
         """The first bin at which the count from the bottom reaches ``r``, and the count before it."""
-        cum = jnp.cumsum(hist)
+        cum = jnp.cumsum(hist, dtype=jnp.int32)
         b = jnp.minimum(jnp.sum(cum < r, dtype=jnp.int32), hist.shape[0] - 1)
         return b, cum[b] - hist[b]
 
@@ -199,47 +319,77 @@ def _tie_cut(leaves, offsets, t, need, ties, chunks) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames="chunks")  # Compiled once per shapes (k is traced).
-def _select(leaves: list[jax.Array], k: jax.Array, chunks: tuple[int, ...]) -> list[jax.Array]:
-    """Exactly ``k`` True in total over ``leaves`` at the largest scores, ties by global flat order."""
+def _select(leaves: list[jax.Array], k: jax.Array, chunks: tuple[int, ...]
+            ) -> tuple[list[jax.Array], jax.Array]:
+    """Exactly ``k`` True in total over ``leaves`` at the largest scores, ties by global flat order;
+    and the number of NaN scores."""
     if sum(leaf.size for leaf in leaves) >= 2**31:
         raise ValueError("top-k over 2^31 or more scores is not supported (int32 flat indices)")
     k = jnp.asarray(k, jnp.int32)
     offsets = [int(o) for o in np.cumsum([0] + [leaf.size for leaf in leaves[:-1]])]
-    t, above, ties = _kth_largest_key(leaves, offsets, k, chunks)
+    dtype = _key_dtype([leaf.dtype for leaf in leaves])
+    t, above, ties, nans = _kth_largest_key(leaves, offsets, k, chunks)
     p = _tie_cut(leaves, offsets, t, k - above, ties, chunks)
     out = []
     for leaf, offset in zip(leaves, offsets):
         # One elementwise pass per leaf, written straight into the output mask.
         # The flat index is made from the leaf's own axes, so a sharded leaf is not reshaped.
-        key = keys(leaf)
+        key = _keys_as(leaf, dtype)
         index = sum((jax.lax.broadcasted_iota(jnp.int32, leaf.shape, axis)
                      * int(np.prod(leaf.shape[axis + 1:])) for axis in range(leaf.ndim)),
                     jnp.int32(offset))
         out.append((key > t) | ((key == t) & (index < p)))
-    return out
+    return out, nans
+
+
+def _reject_nan(nans: jax.Array, leaves: list[jax.Array], names: list[str] | None = None) -> None:
+    """ValueError if the scores are floats, the NaN count is concrete (an eager call) and not 0."""
+    if (_key_dtype([leaf.dtype for leaf in leaves]) not in _FLOATS
+            or isinstance(nans, jax.core.Tracer) or not int(nans)):
+        return
+    where = ""
+    if names is not None:
+        where = " at " + next(name for name, leaf in zip(names, leaves)
+                              if bool(jnp.isnan(leaf).any()))
+    raise ValueError(f"top-k scores{where} contain NaN ({int(nans)} in all); NaN is not a score "
+                     "(under jit it is not checked and ranks below -inf)")
 
 
 def mask(scores: jax.Array, k: int | jax.Array) -> jax.Array:
     """Bool array of ``scores.shape`` with exactly ``k`` True at the largest scores.
 
     Ties: the lower flat index wins. ``k`` may be traced; it must lie in ``[0, scores.size]``.
+    Ranked by the exact value in ``scores.dtype`` (module docstring); NaN ranks last, and an eager
+    call with NaN scores raises ``ValueError``.
     """
     scores = jnp.asarray(scores)
+    _key_dtype([scores.dtype])
     if scores.size == 0:
         return jnp.zeros(scores.shape, bool)
-    return _select([scores], k, _chunks([scores]))[0]
+    (selected,), nans = _select([scores], k, _chunks([scores]))
+    _reject_nan(nans, [scores])
+    return selected
 
 
 def global_masks(scores: Any, k: int | jax.Array) -> Any:
     """Bool pytree with exactly ``k`` True in total at the largest scores across all leaves.
 
     All leaves are ranked together; ties go to the earlier leaf (tree order), then the lower flat
-    index. Leaves that are ``None`` stay ``None``. ``k`` may be traced.
+    index. Leaves that are ``None`` stay ``None``. ``k`` may be traced. Leaves may mix floating
+    dtypes (ranked exactly in the widest); otherwise they must share one dtype (``ValueError``).
+    NaN ranks last, and an eager call with NaN scores raises ``ValueError`` naming the leaf.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(scores)
-    leaves = [jnp.asarray(leaf) for leaf in leaves]
-    nonempty = [leaf for leaf in leaves if leaf.size]
-    selected = iter(_select(nonempty, k, _chunks(nonempty)) if nonempty else [])
+    named, treedef = jax.tree_util.tree_flatten_with_path(scores)
+    leaves = [jnp.asarray(leaf) for _, leaf in named]
+    names = [jax.tree_util.keystr(path) for path, _ in named]
+    if leaves:
+        _key_dtype([leaf.dtype for leaf in leaves])
+    named = [(name, leaf) for name, leaf in zip(names, leaves) if leaf.size]
+    selected = iter([])
+    if named:
+        nonempty = [leaf for _, leaf in named]
+        out, nans = _select(nonempty, k, _chunks(nonempty))
+        _reject_nan(nans, nonempty, [name for name, _ in named])
+        selected = iter(out)
     out = [next(selected) if leaf.size else jnp.zeros(leaf.shape, bool) for leaf in leaves]
     return jax.tree_util.tree_unflatten(treedef, out)
-
