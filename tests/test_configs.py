@@ -24,6 +24,7 @@ CASES = [
     pytest.param("dst", "runlocal,method=rigl,distribution=uniform", marks=SLOW),
     pytest.param("dst", "runlocal,method=set", marks=SLOW),
     pytest.param("dst", "runlocal,method=dsr", marks=SLOW),
+    pytest.param("gmp", "runlocal", marks=SLOW),
     pytest.param("lth", "runlocal,rounds=1,tost", marks=SLOW),
 ]
 

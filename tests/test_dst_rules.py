@@ -203,7 +203,7 @@ def test_update_steps():
 
 
 def test_methods_are_the_rules_registry():
-    assert METHODS == tuple(RULES) == ("static", "set", "rigl", "dsr", "ggr")
+    assert METHODS == tuple(RULES) == ("static", "set", "rigl", "dsr", "ggr", "gmp")
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparsejax import topk
+from sparsejax.dst import timing
 
 Layers = dict[str, jax.Array]
 
@@ -26,6 +27,7 @@ class Rewiring(NamedTuple):
     drop_fraction: jax.Array  # f(t), float32 scalar
     seed: jax.Array           # uint32[2], different at every update (see `update_seed`)
     state: Any                # the rule's own state (DSR: its threshold)
+    step: jax.Array | None = None  # int32: update() calls before this one (GMP's schedule)
 
 
 class Rule(NamedTuple):
@@ -34,13 +36,18 @@ class Rule(NamedTuple):
     ``rewire`` maps a ``Rewiring`` to ``(new masks, new rule state)``; None means the mask never
     changes (static). ``new_weight_init`` is the value of a grown connection; ``skips_update`` drops
     the optimizer update on mask-update steps; ``resets_optimizer_state`` zeroes the optimizer state
-    of grown connections (both RigL).
+    of grown connections (both RigL). ``init_state()`` is the rule's state at init; with
+    ``init_from_masks`` it is called with the initial masks of the rewired tensors (GMP keeps their
+    initial counts). ``update_steps(step, start_step, end_step, update_every)`` says when the mask
+    may change (default ``timing.is_update_step``; GMP's pruning steps include ``end_step``).
     """
     rewire: Callable[[Rewiring], tuple[Layers, Any]] | None
     new_weight_init: float = 0.0
     skips_update: bool = False
     resets_optimizer_state: bool = False
-    init_state: Callable[[], Any] = tuple
+    init_state: Callable[..., Any] = tuple
+    init_from_masks: bool = False
+    update_steps: Callable[[jax.Array, int, int, int], jax.Array] = timing.is_update_step
 
 
 def active(mask: jax.Array) -> jax.Array:

@@ -3,8 +3,8 @@
 Every step: the gradients are averaged over ``axis_name`` (if given), masked, and passed to the inner
 optimizer; the returned updates set every pruned weight to exactly 0 after ``optax.apply_updates``
 (``p + (-p) == 0`` exactly), whatever the inner optimizer does. On mask-update steps
-(``sparsejax.dst.timing``), inside ``jax.lax.cond``, the rule (static, SET, RigL, DSR, GGR; one
-module each, built by ``RULES[method](**options)``) drops and grows connections using the dense
+(``sparsejax.dst.timing``), inside ``jax.lax.cond``, the rule (static, SET, RigL, DSR, GGR, GMP;
+one module each, built by ``RULES[method](**options)``) drops and grows connections using the dense
 gradient, and a grown weight is set to exactly its initial value. The state holds the masks, the step
 count, the RNG key (identical on every device), the inner state, the rule's own state, and what the
 last mask update changed.
@@ -22,15 +22,15 @@ import optax
 
 from sparsejax import masks as masks_lib
 from sparsejax import paths
-from sparsejax.dst import dsr, ggr, rigl, set as set_rule, static
+from sparsejax.dst import dsr, ggr, gmp, rigl, set as set_rule, static
 from sparsejax.dst.inner_state import check_resettable, keep_per_weight, reset
 from sparsejax.dst.rewiring import Rewiring, Rule, active, update_seed
-from sparsejax.dst.timing import drop_fraction_schedule, is_update_step
+from sparsejax.dst.timing import drop_fraction_schedule
 
 # The rule builders by method name: ``RULES[method](**options) -> Rule``.
 RULES: dict[str, Callable[..., Rule]] = {
     "static": static.rule, "set": set_rule.rule, "rigl": rigl.rule, "dsr": dsr.rule,
-    "ggr": ggr.rule}
+    "ggr": ggr.rule, "gmp": gmp.rule}
 METHODS = tuple(RULES)
 
 
@@ -41,23 +41,26 @@ class SparseTrainingState(NamedTuple):
     key: jax.Array                  # uint32[2] seed of random growth, replicated; never split:
                                     # update t draws from a hash of (key, t, layer, position)
     inner_state: optax.OptState
-    rule_state: Any                 # DSR: its threshold H; () for the other rules
+    rule_state: Any                 # DSR: its threshold H; GMP: initial kept counts; () otherwise
     mask_updates: jax.Array         # int32: mask updates so far
     last_update: jax.Array          # int32: step of the last mask update, -1 before the first
     grown: dict[str, jax.Array]     # int32 per layer: connections grown at the last mask update
     dropped: dict[str, jax.Array]   # int32 per layer: connections dropped at the last mask update
 
 
-def _rule(method: str, options: dict[str, Any]) -> Rule:
-    """``RULES[method](**options)``; ``ValueError`` for an unknown method or option."""
+def _rule(method: str, options: dict[str, Any], schedule: dict[str, Any]) -> Rule:
+    """``RULES[method](**options)``, plus the ``schedule`` arguments (start_step, end_step,
+    update_every) its builder takes by name (GMP); ``ValueError`` for an unknown method or
+    option."""
     if method not in RULES:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    takes = list(inspect.signature(RULES[method]).parameters)
+    parameters = inspect.signature(RULES[method]).parameters
+    takes = [name for name in parameters if name not in schedule]
     for name in options:
         if name not in takes:
             raise ValueError(f"{method} takes no option {name!r} (its options: "
                              f"{', '.join(takes) or 'none'})")
-    return RULES[method](**options)
+    return RULES[method](**options, **{k: v for k, v in schedule.items() if k in parameters})
 
 
 def _check_arguments(method: str, update_every: int, start_step: int, end_step: int | None,
@@ -70,7 +73,7 @@ def _check_arguments(method: str, update_every: int, start_step: int, end_step: 
         raise ValueError(f"start_step is {start_step}; it must be >= 0")
     if end_step is None and method != "static":
         raise ValueError(f"end_step is required for method {method!r} (the last step that may "
-                         f"change the mask is end_step - 1)")
+                         f"change the mask is end_step - 1; gmp prunes at end_step too)")
     if end_step is not None and end_step < start_step:
         raise ValueError(f"end_step ({end_step}) is before start_step ({start_step})")
     if new_weight_init is not None and not math.isfinite(new_weight_init):
@@ -103,11 +106,13 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
     Args:
       inner: any optax optimizer; it receives the masked gradients.
       masks: bool pytree with the params' structure (True = kept), checked against params at init.
-      method: a key of ``RULES``: "static", "set", "rigl", "dsr" or "ggr" (one module each in
-        ``sparsejax.dst``).
+      method: a key of ``RULES``: "static", "set", "rigl", "dsr", "ggr" or "gmp" (one module each
+        in ``sparsejax.dst``).
       update_every, start_step, end_step: the mask may change at steps ``t > 0`` with
         ``start_step <= t < end_step`` and ``(t - start_step) % update_every == 0`` (step t = number
-        of earlier update() calls). ``end_step`` may be omitted only for "static".
+        of earlier update() calls). ``end_step`` may be omitted only for "static". GMP prunes at
+        ``start_step <= t <= end_step`` (``end_step`` included, step 0 allowed;
+        ``sparsejax.dst.gmp``).
       drop_fraction, drop_schedule: f0 and "constant" | "cosine" | "exponential"
         (``sparsejax.dst.timing``).
       new_weight_init: value of a grown weight; None = the rule's (0; 1e-10 for GGR).
@@ -119,14 +124,16 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
         ``sparsejax.paths.default_filter`` (conv and dense kernels). Other tensors keep their mask.
       seed: seed of the RNG key in the state (random growth of SET, DSR, GGR).
       **rule_options: passed to the rule's builder ``RULES[method]``; an option it does not take is a
-        ``ValueError``. Only GGR takes one, ``grow_gradient_fraction`` (its share of each layer's
-        quota grown at the largest gradients, default 0.5).
+        ``ValueError``. GGR takes ``grow_gradient_fraction`` (its share of each layer's quota grown
+        at the largest gradients, default 0.5); GMP ``final_sparsity`` and ``scope``.
 
     Returns an optax transformation whose updates leave pruned weights exactly 0 after
     ``optax.apply_updates``. Raises ``ValueError`` for bad arguments, and at init for masks that do
-    not fit the params or (RigL) an inner state it cannot reset.
+    not fit the params, (RigL) an inner state it cannot reset or (GMP) masks sparser than its
+    target.
     """
-    rule = _rule(method, rule_options)
+    rule = _rule(method, rule_options,
+                 dict(start_step=start_step, end_step=end_step, update_every=update_every))
     _check_arguments(method, update_every, start_step, end_step, drop_fraction, new_weight_init)
     init_value = rule.new_weight_init if new_weight_init is None else new_weight_init
     end_step = start_step if end_step is None else end_step
@@ -137,13 +144,16 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
         masks_lib.validate(masks, params)
         prunable = paths.prunable(params, filter_fn)
         inner_state = inner.init(params)
+        masks_flat = paths.flatten(masks)
+        rule_state = (rule.init_state({p: jnp.asarray(masks_flat[p]) for p in prunable})
+                      if rule.init_from_masks else rule.init_state())
         if rule.resets_optimizer_state:
             check_resettable(inner, inner_state, prunable)
         zeros = {path: jnp.int32(0) for path in prunable}
         return SparseTrainingState(
             count=jnp.int32(0), masks=jax.tree.map(jnp.asarray, masks),
             key=jnp.array([(seed >> 32) & 0xFFFFFFFF, seed & 0xFFFFFFFF], jnp.uint32),
-            inner_state=inner_state, rule_state=rule.init_state(),
+            inner_state=inner_state, rule_state=rule_state,
             mask_updates=jnp.int32(0), last_update=jnp.int32(-1), grown=zeros, dropped=dict(zeros))
 
     def update_fn(grads: optax.Updates, state: SparseTrainingState,
@@ -165,7 +175,7 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
                     state._replace(count=optax.safe_int32_increment(state.count),
                                    inner_state=inner_state))
 
-        rewire_now = is_update_step(state.count, start_step, end_step, update_every)
+        rewire_now = rule.update_steps(state.count, start_step, end_step, update_every)
         updates, inner_state = inner_update()
         if rule.skips_update:  # no update on mask-update steps, but the inner schedules advance
             updates, inner_state = jax.lax.cond(
@@ -183,7 +193,7 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
             new, rule_state = rule.rewire(Rewiring(
                 layer_masks, weights, {p: grads_flat[p] for p in layers},
                 fraction_at(state.count), update_seed(state.key, state.count),
-                state.rule_state))
+                state.rule_state, step=state.count))
             grown = {p: active(new[p] & ~layer_masks[p]) for p in layers}
             dropped = {p: active(layer_masks[p] & ~new[p]) for p in layers}
             return new, rule_state, grown, dropped, state.count
