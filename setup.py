@@ -38,7 +38,8 @@ setup(
         # import it, and digits and TinyImageNet need none.
         "cifar": ["tensorflow-cpu>=2.16,<2.22"],
         # nbclient + ipykernel execute notebooks/research.ipynb in the tests.
-        "test": ["pytest>=8,<10", "hypothesis>=6.100,<7", "pytest-timeout>=2.3,<3",
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "hypothesis>=6.100,<7",
+                 "pytest-timeout>=2.3,<3",
                  "nbclient>=0.10,<0.12", "nbformat>=5.9,<6", "ipykernel>=6.29,<8"],
         # PyTorch mask import. Pinned to the CPU build tested here; any torch >= 2.1 reads the files.
         "torch": ["torch==2.13.0"],
