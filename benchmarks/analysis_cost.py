@@ -20,16 +20,13 @@ import functools
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.recipe_cost import load, timed
+from benchmarks.recipe_cost import load, sparse_resnet20, timed
 from benchmarks.results import write_section
-from configs import base
-from sparsejax import distributions, masks, models
 from sparsejax.analysis import hessian
-from sparsejax.train import build, plan as plan_lib, state as state_lib, step as step_lib
+from sparsejax.train import build, state as state_lib, step as step_lib
 
 
 def main() -> None:
@@ -38,16 +35,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="train steps timed")
     args = parser.parse_args()
 
-    rng = np.random.default_rng(0)
-    batch = {"image": jnp.asarray(rng.normal(size=(128, 32, 32, 3)), jnp.float32),
-             "label": jnp.asarray(rng.integers(0, 10, 128), jnp.int32)}
-    c = base.get_config()
-    plan = plan_lib.make(c, 351)
-    model = models.build("resnet20", 10)
-    variables = state_lib.init_variables(model, jax.random.key(0), (32, 32, 3))
+    batch, c, plan, model, variables, m, tx = sparse_resnet20()
     params = variables["params"]
-    m = masks.random(jax.random.key(1), params, distributions.erk(params, 0.9))
-    tx = build.optimizer(c, plan, m)
     step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx, inputs=None,
                                      loss=build.loss(c)), donate_argnums=0)
     holder = {"state": jax.device_put(jax.tree.map(np.array, state_lib.create(variables, m, tx)))}

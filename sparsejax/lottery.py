@@ -19,7 +19,6 @@ finished rounds are read back, an interrupted round resumes from its checkpoint.
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import jax
