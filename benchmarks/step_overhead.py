@@ -6,13 +6,16 @@ jitted forward+backward+update step. Variants, each timed in the same run, inter
 - dense: the inner optimizer alone;
 - static: sparse_training(method="static") at 90% sparsity;
 - rigl / ggr update: a step on which the mask changes (update_every=1, step count > 0), i.e.
-  drop + grow selections over every prunable tensor inside the step.
+  drop + grow selections over every prunable tensor inside the step;
+- rigl 2:4 update: the same with 2:4 masks (density 0.5) kept 2:4 (``structure="2:4"``: the drop
+  is a top-k per tensor, the growth a selection within each group of 4).
 
 Reported as the median and the minimum of ``--reps`` timed calls after a warm-up, each also as a
 ratio to dense. On a machine shared with other work the minimum is the steadier estimate of a
 step's own cost; the median shows the spread.
 Also times one exact top-k (``sparsejax.topk.mask``) over all prunable weights, the unit of cost of
-a mask update: RigL needs 2 such selections per update, GGR 4 (plus one counter-based random pass).
+a mask update: RigL needs 2 such selections per update, GGR 4 (plus one counter-based random pass),
+and one 2:4 selection (``sparsejax.masks.top_in_groups``), the growth of RigL 2:4.
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ def main() -> None:
     n_params = sum(p.size for p in jax.tree.leaves(params))
     masks = _masks(params, np.random.default_rng(1))
     params = sparsejax.masks.apply(params, masks)
+    nm_masks = sparsejax.masks.n_of_m(jax.tree.map(jnp.abs, variables["params"]), 2, 4)
+    nm_params = sparsejax.masks.apply(variables["params"], nm_masks)
     inner = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
 
     def make_step(tx):
@@ -84,28 +89,33 @@ def main() -> None:
 
         return jax.jit(step)
 
-    def rewiring(method):
+    def rewiring(method, masks=masks, **options):
         return sparsejax.sparse_training(inner, masks, method=method, update_every=1,
-                                         end_step=10**9, drop_fraction=0.3)
+                                         end_step=10**9, drop_fraction=0.3, **options)
 
     variants = {"dense": inner, "static": sparsejax.sparse_training(inner, masks, method="static"),
-                "rigl update": rewiring("rigl"), "ggr update": rewiring("ggr")}
+                "rigl update": rewiring("rigl"), "ggr update": rewiring("ggr"),
+                "rigl 2:4 update": rewiring("rigl", nm_masks, structure="2:4")}
     calls, update_calls = {}, {}
     grads = jax.jit(jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
         model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
                     mutable=["batch_stats"])[0], y).mean()))(params)
     for name, tx in variants.items():
-        state = tx.init(params)
+        start = nm_params if "2:4" in name else params
+        state = tx.init(start)
         if name.endswith("update"):  # count > 0: every call of this state is a mask-update step
             state = sparsejax.dst.find_state(state)._replace(count=jnp.int32(1))
-        calls[name] = (make_step(tx), (params, batch_stats, state, x, y))
+        calls[name] = (make_step(tx), (start, batch_stats, state, x, y))
         update = jax.jit(lambda p, s, g, tx=tx: (lambda u, s: (optax.apply_updates(p, u), s))(
             *tx.update(g, s, p)))
-        update_calls[name] = (update, (params, state, grads))
+        update_calls[name] = (update, (start, state, grads))
     prunable = list(paths.prunable(params).values())
     scores = [jnp.abs(p) for p in prunable]
     selection = jax.jit(lambda s: [topk.mask(leaf, leaf.size // 10) for leaf in s])
     update_calls["one top-k over prunable"] = (selection, (scores,))
+    in_groups = jax.jit(lambda s: [sparsejax.masks.top_in_groups(leaf, 2, 4) for leaf in s])
+    update_calls["one 2:4 selection over prunable"] = (in_groups, ([
+        leaf for leaf in scores if sparsejax.masks.fits_n_of_m(leaf.shape, 4)],))
     for fn, call_args in [*calls.values(), *update_calls.values()]:
         jax.block_until_ready(fn(*call_args))  # compile and warm up
 

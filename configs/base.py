@@ -89,6 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mask.sparsity = 0.9
     c.mask.distribution = "erk"  # uniform | er | erk (random masks, scope='layer' finders)
     c.mask.scope = "global"  # finders: global | layer
+    c.mask.structure = ""  # N:M masks, e.g. "2:4" (then sparsity 1 - n/m; dst static|set|rigl)
     c.mask.dense_layers = ()  # e.g. ("first", "last")
     c.mask.file = ""  # .npz written by sparsejax.masks.save (mask.method = file)
     c.mask.samples = 0  # snip / grasp: training examples scored; 0 = 10 × classes (Synaptic-Flow)

@@ -7,9 +7,31 @@ embedded digits data and a ResNet-20 for a laptop.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from configs import base
+
+
+def settings(rounds: int, fraction: float, rewind_epoch: int, final_recipe: bool
+             ) -> ml_collections.ConfigDict:
+    """The ``config.lottery`` section (what ``mode = "lottery"`` reads)."""
+    lt = ml_collections.ConfigDict()
+    lt.rounds = rounds
+    lt.fraction = fraction  # of the remaining weights, per round
+    lt.rewind_epoch = rewind_epoch  # 0: rewind to the initialization
+    lt.prune_dense = False  # conv kernels only, as the ToST release; True adds the classifier
+    lt.rewind_schedule = "continue"  # continue (open_lth) | restart (from step 0)
+    lt.final_recipe = final_recipe  # train the final ticket with the config's tost settings
+    return lt
+
+
+def imp_schedule(sparsity: float, rate: float = 0.2) -> tuple[int, float]:
+    """``(rounds, fraction)`` of IMP reaching exactly ``sparsity`` of the pruned weights: the fewest
+    rounds at which pruning ``rate`` per round gets there, with the per-round fraction evened out."""
+    rounds = max(1, math.ceil(math.log(1 - sparsity) / math.log(1 - rate) - 1e-9))
+    return rounds, 1 - (1 - sparsity) ** (1 / rounds)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -17,13 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = base.get_config()
     c.name = "lth"
     c.mode = "lottery"
-    c.lottery = ml_collections.ConfigDict()
-    c.lottery.rounds = args.rounds
-    c.lottery.fraction = 0.2  # of the remaining weights, per round
-    c.lottery.rewind_epoch = args.rewind_epoch  # 0: rewind to the initialization
-    c.lottery.prune_dense = False  # conv kernels only, as the ToST release; True adds the classifier
-    c.lottery.rewind_schedule = "continue"  # continue (open_lth) | restart (from step 0)
-    c.lottery.final_recipe = args.tost  # train the final ticket with the tost settings below
+    c.lottery = settings(args.rounds, 0.2, args.rewind_epoch, args.tost)
     if args.tost:
         c.tost.ghost_skip, c.tost.ghost_swish, c.tost.label_smoothing = "conv1x1", True, 0.1
     return base.runlocal(c) if args.runlocal else c

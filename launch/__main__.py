@@ -11,46 +11,17 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+
+from launch.cli import define_config_flag, fail, load_config, parse_flags, use_compile_cache
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/quickstart.py[:arg].",
-                                lock_config=True)
+define_config_flag()
 flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>); a second "
                     "launch with the same workdir resumes.")
 flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (else taken "
                     "from the environment, as on TPU pods and SLURM).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-
-# What flag parsing and config loading raise for a bad flag, a missing or misspelt config file, or a
-# bad ``:args`` / ``--config.key=value``.
-FLAG_ERRORS = (flags.Error, ValueError, TypeError, KeyError, AttributeError, OSError)
-
-
-def fail(message: str) -> None:
-    print(f"error: {' '.join(message.split()) or 'bad input'}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return FLAGS(argv)
-    except FLAG_ERRORS as e:
-        fail(str(e) or type(e).__name__)
-
-
-def load_config():
-    """The config; ml-collections loads the file at first access, so its errors surface here."""
-    config = FLAGS.config
-    if config is None:
-        fail("no config given; pass --config=configs/quickstart.py (or another file in configs/)")
-    try:
-        config.keys()
-    except FLAG_ERRORS as e:
-        reason = ([line.strip() for line in str(e).splitlines() if line.strip()] or [""])[-1]
-        fail(f"cannot load config {config_flags.get_config_filename(FLAGS['config'])!r}: {reason}")
-    return config
 
 
 def multi_host() -> bool:
@@ -65,6 +36,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.FATAL)  # tfds/orbax chatter (even their errors) off: one line
     config = load_config()
     import jax
+    use_compile_cache()
     from sparsejax import lottery, train
     from sparsejax.errors import UserError
     from sparsejax.train import build

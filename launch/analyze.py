@@ -16,19 +16,15 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
-import sys
 
 from absl import app, flags, logging
+
+from launch.cli import fail
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A finished (or running) run's directory, or a comparison's.")
 flags.DEFINE_string("lenses", "", "Comma-separated lenses (default: all of them).")
 flags.DEFINE_integer("step", None, "The checkpoint step to analyse (default: the newest).")
-
-
-def fail(message: str) -> None:
-    print(f"error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(2)
 
 
 def runs_in(workdir: pathlib.Path) -> dict[str, pathlib.Path]:

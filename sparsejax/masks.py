@@ -207,3 +207,130 @@ def load(path: str | os.PathLike, params: Any) -> Any:
     if problem:
         raise FileFormatError(f"mask file {name!r} does not fit this model: {problem}")
     return masks
+
+
+# ------------------------------------------------------------------------------ N:M structure
+
+def check_n_of_m(n: int, m: int) -> None:
+    """``ValueError`` unless ``n`` and ``m`` are integers with ``1 <= n < m``."""
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (n, m)) \
+            or not 1 <= n < m:
+        raise ValueError(f"structure {n}:{m} needs integers 1 <= n < m (n = m would be dense), "
+                         "e.g. 2:4")
+
+
+def parse_structure(structure: str | None) -> tuple[int, int] | None:
+    """``"n:m"`` (e.g. ``"2:4"``) as ``(n, m)``; None for ``""`` or None (no structure).
+
+    ``ValueError`` (one line) for any other text or unless ``1 <= n < m``.
+    """
+    if not structure:
+        return None
+    n, colon, m = str(structure).partition(":")
+    if not (colon and n.strip().isdigit() and m.strip().isdigit()):
+        raise ValueError(f"structure is {structure!r}; write N:M structure as 'n:m', e.g. '2:4'")
+    check_n_of_m(int(n), int(m))
+    return int(n), int(m)
+
+
+def fits_n_of_m(shape: Sequence[int], m: int) -> bool:
+    """Whether a tensor of ``shape`` splits into groups of ``m``: its reduction size (the product
+    of all axes but the last: kh·kw·in for a conv kernel, in for a dense one) is a multiple of
+    ``m``."""
+    return len(shape) >= 1 and int(np.prod(shape[:-1], dtype=np.int64)) % m == 0
+
+
+def n_of_m_unfit(tree: Any, m: int, filter_fn: paths.FilterFn | None = None) -> dict[str, int]:
+    """``{path: reduction size}`` of the prunable tensors that do not split into groups of ``m``
+    (``n_of_m`` leaves them dense), e.g. ``{"conv1/kernel": 27}`` for a 3×3 conv on RGB at m = 4."""
+    return {p: int(np.prod(np.shape(x)[:-1], dtype=np.int64))
+            for p, x in paths.prunable(tree, filter_fn).items() if not fits_n_of_m(np.shape(x), m)}
+
+
+def _groups(x: jax.Array, m: int) -> jax.Array:
+    """``x`` of shape (..., out) as (groups, m, out): reduction axes flattened row-major (input
+    channel fastest), then cut into runs of ``m`` consecutive entries per output column."""
+    return jnp.reshape(x, (-1, m, jnp.shape(x)[-1]))
+
+
+def group_counts(mask: jax.Array, m: int) -> jax.Array:
+    """int32 (groups, out): how many entries each group of ``m`` keeps (``fits_n_of_m`` shapes)."""
+    return jnp.sum(_groups(mask, m), axis=1, dtype=jnp.int32)
+
+
+def top_in_groups(scores: jax.Array, k: int | jax.Array, m: int,
+                  eligible: jax.Array | None = None) -> jax.Array:
+    """Bool of ``scores.shape``: in every group of ``m`` (``group_counts``' layout), the ``k``
+    largest eligible scores.
+
+    ``k`` is a number or an int array (groups, out), one count per group, and may be traced; a group
+    with fewer than ``k`` eligible entries keeps all of them. Ranked exactly by
+    ``sparsejax.topk.keys`` (NaN last) with the tie rule of ``sparsejax.topk.mask``: the lower
+    flat index wins. A group is only ``m`` entries, so instead of ``topk``'s histograms the rank
+    of each entry (how many eligible entries of its group are ahead of it) is counted in ``m``
+    elementwise passes.
+    """
+    key = _groups(topk.keys(scores), m)
+    ok = jnp.ones(key.shape, bool) if eligible is None else _groups(eligible, m)
+    position = jax.lax.broadcasted_iota(jnp.int32, key.shape, 1)
+    rank = jnp.zeros(key.shape, jnp.int32)
+    for j in range(m):
+        other = key[:, j:j + 1]
+        ahead = (other > key) | ((other == key) & (j < position))
+        rank += (ok[:, j:j + 1] & ahead).astype(jnp.int32)
+    k = jnp.asarray(k, jnp.int32)
+    return (ok & (rank < (k[:, None, :] if k.ndim else k))).reshape(jnp.shape(scores))
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _n_of_m(scores: dict[str, jax.Array], n: jax.Array, m: int) -> dict[str, jax.Array]:
+    return {p: top_in_groups(s, n, m) for p, s in scores.items()}
+
+
+def n_of_m(scores: Any, n: int, m: int, filter_fn: paths.FilterFn | None = None) -> Any:
+    """N:M structured masks: in each prunable tensor, exactly the ``n`` largest of every ``m``
+    consecutive scores along the reduction axes (ALGORITHMS.md, "N:M"; 2:4 for NVIDIA's sparse
+    tensor cores).
+
+    ``scores`` is a pytree shaped like the params, or a single array. A tensor (..., out), e.g. a
+    conv kernel (kh, kw, in, out), is read as (kh·kw·in, out) with its reduction axes flattened
+    row-major (input channel fastest), and each output column is cut into groups of ``m``
+    consecutive rows. Ties go to the lower flat index and NaN ranks last (``top_in_groups``); an
+    eager call with NaN scores raises ``ValueError`` naming the path.
+
+    Prunable tensors (``filter_fn``, default conv and dense kernels) whose reduction size is not a
+    multiple of ``m``, e.g. the first conv on RGB (3·3·3 = 27 at m = 4), are left dense (all True),
+    as NVIDIA ASP skips the layers that do not fit (it prints "Auto skipping pruning"; ASP also
+    skips shapes that do not fit its tensor-core tiles, here only the groups matter);
+    ``n_of_m_unfit`` lists them. Other leaves are all True too. ``ValueError`` unless
+    ``1 <= n < m``.
+    """
+    check_n_of_m(n, m)
+    fit = {p: s for p, s in paths.prunable(scores, filter_fn).items()
+           if fits_n_of_m(np.shape(s), m)}
+    _check_finite(fit, fit)
+    chosen = _n_of_m(fit, jnp.int32(n), m)
+    return paths.unflatten(scores, {p: chosen[p] if p in chosen else jnp.ones(jnp.shape(s), bool)
+                                    for p, s in paths.flatten(scores).items()})
+
+
+def n_of_m_misfit(masks: Any, n: int, m: int, filter_fn: paths.FilterFn | None = None
+                  ) -> str | None:
+    """Why ``masks`` are not N:M (the first prunable tensor and group that does not keep exactly
+    ``n`` of ``m``), or None. Tensors that do not split into groups of ``m`` are not checked."""
+    for path, mask in paths.prunable(masks, filter_fn).items():
+        if not fits_n_of_m(np.shape(mask), m):
+            continue
+        counts = np.asarray(group_counts(mask, m))
+        wrong = np.argwhere(counts != n)
+        if wrong.size:
+            group, column = (int(i) for i in wrong[0])
+            return (f"mask of {path!r} is not {n}:{m}: group {group} of output {column} keeps "
+                    f"{counts[group, column]} of {m} ({len(wrong)} groups wrong)")
+    return None
+
+
+def is_n_of_m(masks: Any, n: int, m: int, filter_fn: paths.FilterFn | None = None) -> bool:
+    """Whether every prunable tensor that splits into groups of ``m`` keeps exactly ``n`` per
+    group."""
+    return n_of_m_misfit(masks, n, m, filter_fn) is None

@@ -2,7 +2,8 @@
 
 A path is the sequence of keys leading to a leaf, joined by "/", e.g. ``"Conv_0/kernel"`` or
 ``"layer1_0/conv1/kernel"``. Every per-layer dict in sparsejax (densities, counts, scores) is keyed
-by these strings, so a user can read and override them by name.
+by these strings, so a user can read and override them by name. Flax NNX ``Variable`` boxes are seen
+through: ``nnx.state(model, nnx.Param)`` has the paths ``"conv1/kernel"``, like its values.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
+from flax import nnx
 
 FilterFn = Callable[[str, Any], bool]
 
@@ -32,13 +34,13 @@ def path_str(path: tuple) -> str:
 
 def flatten(tree: Any) -> dict[str, Any]:
     """Leaves of ``tree`` keyed by their "/"-joined path, in tree order."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.as_pure(tree))[0]
     return {path_str(p): leaf for p, leaf in leaves}
 
 
 def unflatten(like: Any, values: dict[str, Any]) -> Any:
-    """A tree with the structure of ``like`` whose leaves are ``values[path]``."""
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    """A tree with the structure of ``like`` (NNX boxes dropped) with leaves ``values[path]``."""
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(nnx.as_pure(like))
     return jax.tree_util.tree_unflatten(treedef, [values[path_str(p)] for p, _ in paths_leaves])
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sparsejax import distributions, masks as masks_lib, paths
+from sparsejax import masks as masks_lib, paths
 from sparsejax import pruning
 from sparsejax.pruning.io import to_flax_layout
 
@@ -81,7 +81,7 @@ def test_torch_prune_weight_mask_buffers(torch, tmp_path):
     masks_lib.validate(masks, PARAMS)
     assert_masks_equal(masks, want)
     assert report.matched == tuple((t, f, "weight_mask") for t, f in KERNELS.items())
-    assert report.unused == () and report.unmasked == ()
+    assert report.unused == () and report.unpaired == ()
     assert "conv1.weight -> conv1/kernel (weight_mask)" in str(report)
     assert_masks_equal(roundtrip(tmp_path, masks), want)
 
@@ -137,7 +137,7 @@ def test_names_pair_by_name_and_the_report_lists_the_rest(torch, tmp_path):
     assert report.matched == (("fc.weight", "fc/kernel", "weight != 0"),
                               ("conv1.weight", "conv1/kernel", "weight != 0"))
     assert report.unused == ("conv2.weight", "head.weight")
-    assert report.unmasked == ("conv2/kernel",)
+    assert report.unpaired == ("conv2/kernel",)
     assert np.asarray(masks["conv2"]["kernel"]).all()
 
 
@@ -146,13 +146,14 @@ def test_default_matcher_reports_extra_torch_weights(torch, tmp_path):
     state["head.weight"] = torch.zeros(5, 10)
     masks, report = pruning.load_torch_masks(state, PARAMS)
     assert [(t, f) for t, f, _ in report.matched] == list(KERNELS.items())
-    assert report.unused == ("head.weight",) and report.unmasked == ()
+    assert report.unused == ("head.weight",) and report.unpaired == ()
 
 
 def test_shape_mismatch_names_the_tensor_and_both_shapes(torch, tmp_path):
     torch.save(torch_net(torch, conv2_out=12).state_dict(), tmp_path / "other.pt")
     match = (r"torch tensor 'conv2.weight' has shape \(12, 8, 3, 3\) \(\(3, 3, 8, 12\) in Flax "
-             r"layout\) but flax parameter 'conv2/kernel' has shape \(3, 3, 8, 16\); pass names=")
+             r"layout\) but flax parameter 'conv2/kernel' has shape \(3, 3, 8, 16\); build the "
+             r"Flax model the checkpoint was made for")
     with pytest.raises(ValueError, match=match):
         pruning.load_torch_masks(tmp_path / "other.pt", PARAMS)
     with pytest.raises(ValueError, match="'fc.weight' has shape"):
@@ -189,9 +190,9 @@ def test_state_dict_of_numpy_arrays_needs_no_torch():
     assert_masks_equal(masks, state)
 
 
-def test_default_matcher_follows_definition_order_not_alphabetical_order():
+def test_default_matcher_pairs_by_name_in_any_dict_order():
     # Layers defined zeta, alpha, mid (as an eager model.init returns them); JAX sorts dict keys,
-    # so params that went through jit or tree.map list them alpha, mid, zeta.
+    # so params that went through jit or tree.map list them alpha, mid, zeta. Names pair either way.
     params = {"zeta": {"kernel": np.zeros((4, 6)), "bias": np.zeros(6)},
               "alpha": {"kernel": np.zeros((6, 5))}, "mid": {"kernel": np.zeros((5, 3))}}
     rng = np.random.default_rng(2)
@@ -204,13 +205,10 @@ def test_default_matcher_follows_definition_order_not_alphabetical_order():
     for name in ("zeta", "alpha", "mid"):
         np.testing.assert_array_equal(masks[name]["kernel"], state[f"{name}.weight"].T)
     sorted_params = jax.tree.map(lambda x: x, params)
-    with pytest.raises(ValueError, match="'zeta.weight' has shape"):  # order lost: shapes disagree
-        pruning.load_torch_masks(state, sorted_params)
-    order = distributions.definition_order(params)  # e.g. kept from an eager init
-    again, _ = pruning.load_torch_masks(state, sorted_params, order=order)
+    assert list(sorted_params) == ["alpha", "mid", "zeta"]
+    again, again_report = pruning.load_torch_masks(state, sorted_params)
     chex.assert_trees_all_equal(masks, again)
-    with pytest.raises(ValueError, match="order lists 'zeta/weight', which is not a parameter"):
-        pruning.load_torch_masks(state, sorted_params, order=["zeta/weight"])
+    assert again_report == report
 
 
 def test_layouts():

@@ -145,16 +145,17 @@ def over_training(series: Mapping[str, Sequence[tuple[float, float]]], path: str
     """One line per run of a quantity over training, e.g. the top Hessian eigenvalue or the
     average gradient flow of vanilla vs ToST (paper 002 Fig. A11 draws eigenvalues on a log scale).
 
-    ``series`` is ``{run label: [(step, value), ...]}``, each run non-empty.
+    ``series`` is ``{run label: [(step, value), ...]}``, each run non-empty; a third column
+    ``(x, value, spread)`` draws error bars (the accuracy-vs-sparsity plots of ``launch.report``).
     """
     if not isinstance(series, Mapping) or not series:
         raise ValueError(f"series is {series!r}; pass a non-empty dict {{label: [(step, value), ...]}}")
     lines = {}
     for label, points in series.items():
         array = np.asarray(points, dtype=float)
-        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] != 2:
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] not in (2, 3):
             raise ValueError(f"series {label!r} has shape {array.shape}; pass a non-empty list of "
-                             f"(step, value) pairs")
+                             f"(step, value) pairs or (x, value, spread) triples")
         if log_scale and np.any(array[:, 1] <= 0):
             raise ValueError(f"series {label!r} has values <= 0; a log scale needs positive values, "
                              f"pass log_scale=False")
@@ -162,7 +163,8 @@ def over_training(series: Mapping[str, Sequence[tuple[float, float]]], path: str
     figure = _figure()
     axes = figure.subplots()
     for label, array in lines.items():
-        axes.plot(array[:, 0], array[:, 1], marker="." if len(array) < 50 else None, label=label)
+        axes.errorbar(array[:, 0], array[:, 1], yerr=array[:, 2] if array.shape[1] == 3 else None,
+                      marker="." if len(array) < 50 else None, capsize=3, label=label)
     if log_scale:
         axes.set_yscale("log")
     axes.set_xlabel(xlabel)

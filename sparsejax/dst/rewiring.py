@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparsejax import masks as masks_lib
 from sparsejax import topk
 from sparsejax.dst import timing
 
@@ -72,6 +73,23 @@ def remove_smallest(r: Rewiring) -> tuple[Layers, Layers]:
 def grow(scores: jax.Array, eligible: jax.Array, n: jax.Array) -> jax.Array:
     """The ``n`` eligible positions with the largest ``scores`` (``n`` <= eligible count)."""
     return topk.mask(jnp.where(eligible, scores, -jnp.inf), n)
+
+
+def refill(scores: jax.Array, keep: jax.Array, n: jax.Array, structure: tuple[int, int] | None
+           ) -> jax.Array:
+    """``keep`` plus ``n`` connections not kept at the largest ``scores`` (``grow``).
+
+    With an N:M ``structure`` (N, M) and a tensor that splits into groups of M
+    (``sparsejax.masks.fits_n_of_m``), each group instead gets back as many as it lacks,
+    N − (kept in the group), at its own largest scores among its connections not kept: every group
+    keeps exactly N again, and the total grown is ``n`` when the removal dropped ``n`` from N:M
+    masks. Other tensors grow as without structure.
+    """
+    if structure is None or not masks_lib.fits_n_of_m(keep.shape, structure[1]):
+        return keep | grow(scores, ~keep, n)
+    n_kept, m = structure
+    lacking = n_kept - masks_lib.group_counts(keep, m)
+    return keep | masks_lib.top_in_groups(scores, lacking, m, eligible=~keep)
 
 
 _GOLDEN = 0x9E3779B9

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from sparsejax import masks as masks_lib
 from sparsejax import paths
@@ -48,19 +49,25 @@ class SparseTrainingState(NamedTuple):
     dropped: dict[str, jax.Array]   # int32 per layer: connections dropped at the last mask update
 
 
-def _rule(method: str, options: dict[str, Any], schedule: dict[str, Any]) -> Rule:
-    """``RULES[method](**options)``, plus the ``schedule`` arguments (start_step, end_step,
-    update_every) its builder takes by name (GMP); ``ValueError`` for an unknown method or
-    option."""
+def _rule(method: str, options: dict[str, Any], given: dict[str, Any]) -> Rule:
+    """``RULES[method](**options)``, plus the ``given`` arguments of ``sparse_training`` its builder
+    takes by name (start_step, end_step, update_every: GMP; structure: the rules that keep N:M
+    structure); ``ValueError`` for an unknown method or option, or a structure it cannot keep."""
     if method not in RULES:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     parameters = inspect.signature(RULES[method]).parameters
-    takes = [name for name in parameters if name not in schedule]
+    takes = [name for name in parameters if name not in given]
     for name in options:
         if name not in takes:
             raise ValueError(f"{method} takes no option {name!r} (its options: "
                              f"{', '.join(takes) or 'none'})")
-    return RULES[method](**options, **{k: v for k, v in schedule.items() if k in parameters})
+    if given["structure"] is not None and "structure" not in parameters:
+        keeping = [name for name, build in RULES.items()
+                   if "structure" in inspect.signature(build).parameters]
+        raise ValueError("{} cannot keep N:M structure {}:{} (it moves density between layers or "
+                         "changes it); use one of {}".format(method, *given["structure"],
+                                                            ", ".join(keeping)))
+    return RULES[method](**options, **{k: v for k, v in given.items() if k in parameters})
 
 
 def _check_arguments(method: str, update_every: int, start_step: int, end_step: int | None,
@@ -100,7 +107,8 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
                     drop_fraction: float = 0.3, drop_schedule: str = "cosine",
                     new_weight_init: float | None = None, axis_name: str | None = None,
                     filter_fn: paths.FilterFn | None = None, seed: int = 0,
-                    **rule_options: Any) -> optax.GradientTransformationExtraArgs:
+                    structure: str | None = None, **rule_options: Any
+                    ) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` so that training keeps ``masks`` and rewires them by ``method``.
 
     Args:
@@ -123,25 +131,45 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
       filter_fn: ``(path, leaf) -> bool``, the tensors that take part in rewiring; default
         ``sparsejax.paths.default_filter`` (conv and dense kernels). Other tensors keep their mask.
       seed: seed of the RNG key in the state (random growth of SET, DSR, GGR).
+      structure: "n:m" (e.g. "2:4") to keep N:M structured masks N:M (``sparsejax.masks.n_of_m``):
+        the masks must have it at init (``ValueError`` otherwise; checked when ``init`` runs on
+        concrete masks). Static keeps it; SET and RigL drop as usual, then every group of M grows
+        back as many as it lost, within the group (``sparsejax.dst.rewiring.refill``), so each
+        keeps exactly N. Tensors whose reduction size is not a multiple of M (left dense by
+        ``n_of_m``) are rewired as without structure. DSR, GGR and GMP move or change layer
+        densities, which N:M fixes: ``ValueError``. "" or None: no structure.
       **rule_options: passed to the rule's builder ``RULES[method]``; an option it does not take is a
         ``ValueError``. GGR takes ``grow_gradient_fraction`` (its share of each layer's quota grown
         at the largest gradients, default 0.5); GMP ``final_sparsity`` and ``scope``.
 
     Returns an optax transformation whose updates leave pruned weights exactly 0 after
-    ``optax.apply_updates``. Raises ``ValueError`` for bad arguments, and at init for masks that do
+    ``optax.apply_updates``; for a Flax NNX model it is the ``tx`` of
+    ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` (masks shaped like ``nnx.state(model, nnx.Param)``).
+    Raises ``ValueError`` for bad arguments, and at init for masks that do
     not fit the params, (RigL) an inner state it cannot reset or (GMP) masks sparser than its
     target.
     """
-    rule = _rule(method, rule_options,
-                 dict(start_step=start_step, end_step=end_step, update_every=update_every))
+    n_of_m = masks_lib.parse_structure(structure)
+    rule = _rule(method, rule_options, dict(start_step=start_step, end_step=end_step,
+                                            update_every=update_every, structure=n_of_m))
     _check_arguments(method, update_every, start_step, end_step, drop_fraction, new_weight_init)
     init_value = rule.new_weight_init if new_weight_init is None else new_weight_init
     end_step = start_step if end_step is None else end_step
     fraction_at = drop_fraction_schedule(drop_schedule, drop_fraction, start_step, end_step)
     inner = optax.with_extra_args_support(inner)
 
+    masks = nnx.as_pure(masks)  # NNX boxes (nnx.Variable) off: update_fn sees plain values
+
     def init_fn(params: optax.Params) -> SparseTrainingState:
-        masks_lib.validate(masks, params)
+        # nnx.Optimizer passes its nnx.Variables here (the inner state keeps their metadata) and
+        # their values to update_fn; the masks and the bookkeeping follow the values.
+        values = nnx.as_pure(params)
+        masks_lib.validate(masks, values)
+        if n_of_m and not any(isinstance(m, jax.core.Tracer) for m in jax.tree.leaves(masks)):
+            problem = masks_lib.n_of_m_misfit(masks, *n_of_m, filter_fn)
+            if problem:
+                raise ValueError(f"sparse_training(structure={structure!r}): {problem}; make the "
+                                 f"masks with sparsejax.masks.n_of_m or find_mask(structure=...)")
         prunable = paths.prunable(params, filter_fn)
         inner_state = inner.init(params)
         masks_flat = paths.flatten(masks)
@@ -218,13 +246,14 @@ def sparse_training(inner: optax.GradientTransformation, masks: Any, *, method: 
 
 
 def find_state(opt_state: optax.OptState) -> SparseTrainingState:
-    """The one `SparseTrainingState` inside ``opt_state`` (at any depth: chain, inject_hyperparams)."""
+    """The one `SparseTrainingState` inside ``opt_state`` (at any depth: chain, inject_hyperparams),
+    with plain arrays as leaves (also for ``nnx.Optimizer.opt_state``, which boxes them)."""
     is_ours = lambda node: isinstance(node, SparseTrainingState)  # noqa: E731
     found = [n for n in jax.tree.leaves(opt_state, is_leaf=is_ours) if is_ours(n)]
     if len(found) != 1:
         raise ValueError(f"expected exactly one sparse_training state in opt_state, found "
                          f"{len(found)}")
-    return found[0]
+    return nnx.as_pure(found[0])
 
 
 def get_masks(opt_state: optax.OptState) -> Any:

@@ -8,6 +8,11 @@ keeps the largest ones with the exact top-k of ``sparsejax.topk``:
 - ``scope='layer'``: each tensor named in ``densities`` keeps exactly ``kept_count(d, N)`` weights,
   the rule of ``sparsejax.masks.from_scores`` (default densities: uniform at ``sparsity``; see
   ``sparsejax.distributions`` for ERK and others). Prunable tensors not named stay dense.
+- ``structure='n:m'`` (e.g. '2:4'): N:M structured masks, every group of M consecutive weights along
+  the reduction axes keeps its N largest scores (``sparsejax.masks.n_of_m``); tensors whose
+  reduction size is not a multiple of M stay dense (``sparsejax.masks.n_of_m_unfit``, as NVIDIA
+  ASP skips them). N:M fixes each tensor's density, so ``sparsity`` must be 1 − N/M and
+  per-layer densities (``scope='layer'``, ``densities``) are refused.
 
 Non-prunable leaves (biases, BatchNorm, ghost parameters, anything ``filter_fn`` rejects) get
 all-True masks; the result always has exactly the params' tree structure.
@@ -45,12 +50,15 @@ keep_top = jax.jit(_keep)  # ``kept`` is traced: SynFlow's rounds and IMP reuse 
 class _Target:
     """What to keep: the tensors that are ranked and, for a round exponent e, how many survive.
 
-    Global: ``kept_count(d**e, Σ N)`` in total; layer: ``kept_count(d_l**e, N_l)`` per tensor.
-    e = 1 is the final mask; SynFlow's round r uses e = (r + 1) / rounds.
+    Global: ``kept_count(d**e, Σ N)`` in total; layer: ``kept_count(d_l**e, N_l)`` per tensor;
+    N:M ``structure``: ``kept_count((N/M)**e, M)`` per group of M. e = 1 is the final mask;
+    SynFlow's round r uses e = (r + 1) / rounds.
     """
 
     def __init__(self, params: Any, sparsity: float, scope: str,
-                 densities: Mapping[str, float] | None, filter_fn: paths.FilterFn | None):
+                 densities: Mapping[str, float] | None, filter_fn: paths.FilterFn | None,
+                 structure: tuple[int, int] | None = None):
+        self.structure, self.filter_fn = structure, filter_fn
         prunable = paths.prunable(params, filter_fn, required=True)
         if scope == "global":
             if densities is not None:
@@ -75,6 +83,37 @@ class _Target:
             return {p: masks_lib.kept_count(self.density[p] ** exponent, n)
                     for p, n in self.sizes.items()}
         return masks_lib.kept_count(self.density ** exponent, sum(self.sizes.values()))
+
+    def select(self, scores: dict[str, jax.Array], exponent: float = 1.0) -> dict[str, jax.Array]:
+        """The masks keeping the largest ``scores`` (the ranked tensors) at round exponent e."""
+        if self.structure is None:
+            return keep_top(scores, self.kept(exponent))
+        n, m = self.structure
+        k = masks_lib.kept_count((n / m) ** exponent, m)
+        if k == m:  # an early SynFlow round that keeps every weight
+            return {p: _ones(np.shape(s)) for p, s in scores.items()}
+        return masks_lib.n_of_m(scores, k, m, self.filter_fn)
+
+
+def check_structure(structure: str | None, sparsity: float, scope: str = "global",
+                    densities: Mapping[str, float] | None = None) -> tuple[int, int] | None:
+    """``(n, m)`` of an N:M ``structure`` ('n:m') the finders can keep, None for ''/None.
+
+    ``ValueError`` (one line) for a malformed structure, per-layer densities (``scope='layer'``
+    or ``densities``: N:M fixes every tensor's density at n/m) or a ``sparsity`` other than 1 − n/m.
+    """
+    n_of_m = masks_lib.parse_structure(structure)
+    if n_of_m is None:
+        return None
+    n, m = n_of_m
+    if scope != "global" or densities is not None:
+        raise ValueError(f"structure {structure!r} keeps {n} of every {m} weights in each tensor, "
+                         "so per-layer densities do not apply; use scope='global' without "
+                         "densities")
+    if abs(sparsity - (1 - n / m)) > 1e-9:
+        raise ValueError(f"sparsity {sparsity} contradicts structure {structure!r}, whose sparsity "
+                         f"is {1 - n / m:g}; set sparsity to {1 - n / m:g}")
+    return n_of_m
 
 
 def _check(method: str, sparsity: float, scope: str, rounds: int | None) -> float:
@@ -139,7 +178,8 @@ def _synflow_ranks(weights, rest, masks, *, apply_fn, structure, input_shape, pe
 def _synflow(params: Any, apply_fn: saliency.ApplyFn, input_shape: tuple[int, ...],
              target: _Target, rounds: int, filter_fn: paths.FilterFn | None
              ) -> dict[str, jax.Array]:
-    """Iterative SynFlow: round r keeps the exponential-schedule count d^((r+1)/rounds).
+    """Iterative SynFlow: round r keeps the exponential-schedule count d^((r+1)/rounds) (with N:M
+    structure, kept_count((N/M)^((r+1)/rounds), M) per group of M, so every round is structured).
 
     Scores are computed in float64 (``jax.enable_x64`` locally) on |θ| ⊙ (current mask). Pruned
     weights rank below every live one, so each round's mask lies inside the previous one.
@@ -152,13 +192,14 @@ def _synflow(params: Any, apply_fn: saliency.ApplyFn, input_shape: tuple[int, ..
         with jax.enable_x64(True):
             ranks, finite = _synflow_ranks(weights, rest, current, apply_fn=apply_fn,
                                            structure=structure, input_shape=input_shape,
-                                           per_layer=isinstance(target.density, dict))
+                                           per_layer=(isinstance(target.density, dict)
+                                                      or target.structure is not None))
         if not bool(finite):
             raise ValueError(f"synflow scores overflowed at round {r + 1} of {rounds} even with "
                              "float64 inputs; check that apply_fn does not force float32 "
                              "computation (e.g. a module dtype) and that the network is not too "
                              "deep for float64")
-        current = keep_top(ranks, target.kept((r + 1) / rounds))
+        current = target.select(ranks, (r + 1) / rounds)
     return current
 
 
@@ -168,7 +209,8 @@ def find_mask(method: str, params: Any, sparsity: float, *,
               input_shape: Sequence[int] | None = None, scope: str = "global",
               densities: Mapping[str, float] | None = None,
               filter_fn: paths.FilterFn | None = None, rounds: int | None = None,
-              temperature: float = 200.0, rng: jax.Array | None = None) -> Any:
+              temperature: float = 200.0, rng: jax.Array | None = None,
+              structure: str | None = None) -> Any:
     """A mask (bool pytree shaped like ``params``) at ``sparsity`` from ``method``'s scores.
 
     Args:
@@ -188,14 +230,16 @@ def find_mask(method: str, params: Any, sparsity: float, *,
       rounds: SynFlow's number of rounds.
       temperature: GraSP divides the logits by it (default 200).
       rng: PRNG key for 'random'.
+      structure: 'n:m' (e.g. '2:4') for N:M structured masks (module docstring); '' or None: none.
 
     Returns:
       Masks with exactly the params' structure: global scope keeps exactly round((1 − s)·Σ N)
       prunable weights in total, layer scope exactly round(d·N) per named tensor (at least 1 unless
-      d = 0); non-prunable leaves are all True.
+      d = 0), N:M exactly N per group of M; non-prunable leaves are all True.
     """
     sparsity = _check(method, sparsity, scope, rounds)
-    target = _Target(params, sparsity, scope, densities, filter_fn)
+    target = _Target(params, sparsity, scope, densities, filter_fn,
+                     check_structure(structure, sparsity, scope, densities))
     if method == "synflow":
         chosen = _synflow(params, saliency.check_apply_fn(apply_fn, "synflow"),
                           saliency.check_input_shape(input_shape), target,
@@ -209,4 +253,4 @@ def find_mask(method: str, params: Any, sparsity: float, *,
                                  temperature=temperature, filter_fn=filter_fn)
         _check_finite(scores, method)
     scores = {p: scores[p] for p in target.sizes}
-    return _full(params, keep_top(scores, target.kept()))
+    return _full(params, target.select(scores))

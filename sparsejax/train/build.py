@@ -25,7 +25,6 @@ from sparsejax.train.plan import Plan
 
 MODES = ("train", "compare", "lottery")  # one run; config.compare's variants; IMP rounds
 MASK_METHODS = ("dense", "file", *pruning.METHODS)
-TORCH_SUFFIXES = (".pt", ".pth", ".tar")  # mask.file from PyTorch (sparsejax.pruning.load_torch_masks)
 
 
 def _choice(key: str, value: Any, choices: tuple) -> None:
@@ -65,6 +64,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     _choice("mask.scope", m.scope, pruning.SCOPES)
     try:
         distributions.check_sparsity(m.sparsity)
+        if m.method in pruning.METHODS:
+            pruning.finders.check_structure(m.structure, m.sparsity, m.scope)
     except ValueError as e:
         raise TrainError(f"mask.{e}") from None
     if m.method == "file" and not m.file:
@@ -225,7 +226,15 @@ def optimizer(config: ml_collections.ConfigDict, plan: Plan, masks: Any
     return dst.sparse_training(
         inner, masks, method=d.method, update_every=plan.dst_every, start_step=plan.dst_start,
         end_step=plan.dst_end, drop_fraction=d.drop_fraction, drop_schedule=d.drop_schedule,
-        seed=config.seed, **d.options)
+        seed=config.seed, structure=config.mask.structure, **rule_options(config))
+
+
+def rule_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``dst.options``; GMP's ``final_sparsity`` defaults to ``mask.sparsity`` (its masks start dense)."""
+    options = dict(config.dst.options)
+    if config.dst.method == "gmp":
+        options.setdefault("final_sparsity", config.mask.sparsity)
+    return options
 
 
 def ghost_inputs(config: ml_collections.ConfigDict, plan: Plan
@@ -272,7 +281,7 @@ def _initial_masks(m: ml_collections.ConfigDict, seed: int, params: Any, apply_f
     if m.method == "dense":
         return masks_lib.ones_like(params)
     if m.method == "file":
-        if pathlib.Path(m.file).suffix in TORCH_SUFFIXES:
+        if pathlib.Path(m.file).suffix in pruning.TORCH_SUFFIXES:
             loaded, report = pruning.load_torch_masks(m.file, params)
             if jax.process_index() == 0:
                 print(f"mask import from {m.file}: {report}")
@@ -280,7 +289,10 @@ def _initial_masks(m: ml_collections.ConfigDict, seed: int, params: Any, apply_f
         return masks_lib.load(m.file, params)
     densities = distributions.by_name(m.distribution)(params, m.sparsity, dense=m.dense_layers)
     rng = jax.random.key(seed + 1)
-    if m.method == "random":
+    if m.structure and jax.process_index() == 0:
+        print(f"N:M {m.structure}: left dense (reduction size not a multiple of M): "
+              f"{masks_lib.n_of_m_unfit(params, masks_lib.parse_structure(m.structure)[1])}")
+    if m.method == "random" and not m.structure:
         return masks_lib.random(rng, params, densities)
     batches = None
     if m.method in ("snip", "grasp"):
@@ -290,4 +302,5 @@ def _initial_masks(m: ml_collections.ConfigDict, seed: int, params: Any, apply_f
             left -= len(batches[-1]["y"])
     return pruning.find_mask(m.method, params, m.sparsity, apply_fn=apply_fn, batches=batches,
                              input_shape=(1, *input_shape), scope=m.scope,
-                             densities=densities if m.scope == "layer" else None, rng=rng)
+                             densities=densities if m.scope == "layer" else None, rng=rng,
+                             structure=m.structure)

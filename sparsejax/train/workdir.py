@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import traverse_util
 
-from sparsejax import files, paths
+from sparsejax import files, paths, pruning
 from sparsejax.errors import TrainError
 
 FINAL_VARIABLES = "final_variables.npz"  # the trained (plain) network's params and batch_stats
@@ -88,25 +88,46 @@ def save_variables(path: pathlib.Path, variables: Any) -> None:
 
 def load_variables(path: str | os.PathLike, like: Any, *, flag: str = "init.variables_file",
                    complete: bool = False) -> Any:
-    """Variables saved by `save_variables`, onto ``like``'s structure (arrays or shapes).
+    """Variables saved by `save_variables`, or a PyTorch state_dict (``.pt``:
+    `sparsejax.pruning.load_torch_variables`), onto ``like``'s structure (arrays or shapes).
 
     Paths the file lacks keep ``like``'s values, unless ``complete``: then every path of ``like``
     must be in the file. ``flag`` names the config key in the errors (`TrainError`, one line).
     """
+    read = (_torch_variables if pathlib.Path(path).suffix in pruning.TORCH_SUFFIXES
+            else _npz_variables)
     try:
-        stored = files.read_npz(path, "variables file",
-                                "make one with sparsejax.train.workdir.save_variables")
+        variables, missing = read(path, like, flag)
     except FileNotFoundError:
         raise TrainError(f"variables file {os.fspath(path)!r} does not exist; check "
                          f"--config.{flag}") from None
+    if complete and missing:
+        raise TrainError(f"variables file {os.fspath(path)!r} lacks {missing[0]!r} "
+                         f"({len(missing)} entries); it was saved for another model "
+                         f"(--config.{flag})")
+    return variables
+
+
+def _npz_variables(path: str | os.PathLike, like: Any, flag: str) -> tuple[Any, list[str]]:
+    """``(variables, paths of like the file lacks)`` from an ``.npz`` of `save_variables`."""
+    stored = files.read_npz(path, "variables file",
+                            "make one with sparsejax.train.workdir.save_variables")
     want = paths.flatten(like)
     for k, v in stored.items():
         if k not in want or tuple(jnp.shape(want[k])) != v.shape:
             raise TrainError(f"variables file {os.fspath(path)!r} has {k!r} {v.shape}, which does "
                              f"not fit this model; it was saved for another model (--config.{flag})")
-    missing = [k for k in want if k not in stored] if complete else []
-    if missing:
-        raise TrainError(f"variables file {os.fspath(path)!r} lacks {missing[0]!r} "
-                         f"({len(missing)} entries); it was saved for another model "
-                         f"(--config.{flag})")
-    return paths.unflatten(like, {**want, **{k: jnp.asarray(v) for k, v in stored.items()}})
+    variables = paths.unflatten(like, {**want, **{k: jnp.asarray(v) for k, v in stored.items()}})
+    return variables, [k for k in want if k not in stored]
+
+
+def _torch_variables(path: str | os.PathLike, like: Any, flag: str) -> tuple[Any, list[str]]:
+    """``(variables, paths nothing paired with)`` from a PyTorch state_dict; the pairing report is
+    printed on process 0."""
+    try:
+        variables, report = pruning.load_torch_variables(path, like)
+    except ValueError as e:
+        raise TrainError(f"variables file {os.fspath(path)!r}: {e} (--config.{flag})") from None
+    if jax.process_index() == 0:
+        print(f"variables import from {os.fspath(path)}: {report}")
+    return variables, list(report.unpaired)
