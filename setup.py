@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = [
     "jax>=0.10.0,<0.13",
     "jaxlib>=0.10.0,<0.13",
-    "flax>=0.11.0,<0.13",
+    "flax>=0.12.7,<0.13",  # nnx.as_pure (sparse_training with NNX states)
     "optax>=0.2.5,<0.3",
     "chex>=0.1.90,<0.2",
     "ml-collections>=1.0.0,<1.2",

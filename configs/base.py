@@ -127,7 +127,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.recipe.distill.weight = 0.5
 
     c.init = ml_collections.ConfigDict()
-    c.init.variables_file = ""  # start from these variables (.npz) instead of a fresh init
+    c.init.variables_file = ""  # start from these variables instead of a fresh init: an .npz of
+                                # save_variables, or a PyTorch state_dict (.pt, .pth, .tar) read by
+                                # pruning.load_torch_variables (paired by name, pruning.torch_names)
     c.init.save_at_epoch = -1  # write the variables at this epoch to workdir/rewind.npz (-1: never)
     c.init.start_epoch = 0  # >0: step 0 is this epoch's first step (lr schedule and data order
                             # continue from there: rewinding as open_lth); static masks only

@@ -38,6 +38,7 @@ ALWAYS_ALLOWED = ("seed", "name")  # every point's name differs; the seed is wha
 METRIC = "test_accuracy"  # at the best validation epoch (final_test_accuracy: at the end)
 SPARSITY = "mask.sparsity"
 PAIR_AXES = ("variant", "arm")
+LOTTERY_FILES = ("mask.file", "init.variables_file")  # set by each IMP round to its own files
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -54,16 +55,23 @@ def load_runs(directory: pathlib.Path) -> list[dict[str, Any]]:
     """One record per finished run under ``directory``: its flattened config, its point's axes
     (``point.*`` keys, from the sweep's directory names) and its summary's accuracies."""
     runs = []
-    for path in sorted(directory.rglob("summary.json")):
+    for path in _final_rounds(sorted(directory.rglob("summary.json"))):
         summary = json.loads(path.read_text())
         if "config" not in summary or summary.get(METRIC) is None:
             continue  # not a training run's summary (e.g. a lottery's), or one without a validation
         record = flatten(summary["config"])
         record["_config_keys"] = frozenset(record)
         rel = path.parent.relative_to(directory)
+        labels_win = _is_round(rel.name)
+        if labels_win:  # a lottery's round: the point is its parent; only the final ticket counts
+            if int(rel.name[len("round_"):]) != record.get("lottery.rounds"):
+                continue  # the lottery has not reached its last round yet
+            rel = rel.parent
+            for key in LOTTERY_FILES:  # the ticket's own files, a different path per point
+                record.pop(key, None)
         if "=" in rel.name:  # a sweep point: "key=value,...,seed=s"
-            record.update({k: v for k, _, v in (part.partition("=") for part in
-                                                rel.name.split(",")) if k not in record})
+            record.update({k: v for k, _, v in (part.partition("=") for part in rel.name.split(","))
+                           if k not in record or (labels_win and str(record[k]) != v)})
         elif rel.parts:  # a comparison's variant
             record.setdefault("variant", rel.parts[-1])
         record["run"] = str(rel)
@@ -75,6 +83,26 @@ def load_runs(directory: pathlib.Path) -> list[dict[str, Any]]:
         raise ValueError(f"{str(directory)!r} holds no finished run (no summary.json with a test "
                          "accuracy under it); run python -m launch.sweep first, or wait for it")
     return runs
+
+
+def _is_round(name: str) -> bool:
+    return name.startswith("round_") and name[len("round_"):].isdigit()
+
+
+def _final_rounds(paths: list[pathlib.Path]) -> list[pathlib.Path]:
+    """``paths`` with a lottery's rounds (``<point>/round_<r>/summary.json``) cut to its last round:
+    the earlier rounds only found the ticket's mask, at lower sparsities."""
+    last: dict[pathlib.Path, pathlib.Path] = {}
+    out = []
+    for path in paths:
+        name = path.parent.name
+        if _is_round(name):
+            point = path.parent.parent
+            if point not in last or int(name[6:]) > int(last[point].parent.name[6:]):
+                last[point] = path
+        else:
+            out.append(path)
+    return out + list(last.values())
 
 
 def varying(runs: list[dict[str, Any]]) -> list[str]:
@@ -264,6 +292,7 @@ def plot(groups, rows: list[str], cols: list[str], directory: pathlib.Path) -> l
     written = []
     for method, lines in figures.items():
         path = directory / "plots" / f"accuracy_vs_sparsity_{method}.png"
+        path.parent.mkdir(exist_ok=True)
         series = {", ".join(f"{k}={_fmt(v)}" for k, v in label) or str(method): sorted(points)
                   for label, points in lines.items()}
         plots.over_training(series, path, xlabel="sparsity", ylabel="test accuracy (best validation)",
@@ -285,14 +314,13 @@ def report(directory: pathlib.Path, rows=None, cols=None, allow=(), pair=None) -
     chosen = choose_pair(runs, rows + cols, pair)
     if chosen:
         diffs = paired(runs, rows, cols, *chosen)
-        text += ["", f"Paired by seed (same mask and initialization): {chosen[0]} arm − "
+        text += ["", f"Paired by seed (same mask and initialization), {chosen[0]}: arm − "
                  f"{chosen[1]}, mean and 95% t-interval", "",
                  paired_table(diffs, [k for k in rows + cols if k != chosen[0]])]
+    text += [f"\n![{path.stem}](plots/{path.name})" for path in plot(groups, rows, cols, directory)]
     markdown = "\n".join(text) + "\n"
     files.write_atomic(directory / "report.md", markdown)
     files.write_atomic(directory / "report.csv", csv_text(groups, rows, cols))
-    for path in plot(groups, rows, cols, directory):
-        markdown += f"\n![{path.stem}](plots/{path.name})"
     return markdown
 
 

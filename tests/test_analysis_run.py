@@ -84,6 +84,7 @@ def test_lenses_during_training_and_after(compared):
         analyze(f"--workdir={compared}", "--step=7"))
 
 
+@pytest.mark.slow
 def test_analyze_bad_input_is_one_line(tmp_path):
     assert "unknown lens 'eigen'" in one_line_error(
         analyze(f"--workdir={tmp_path}", "--lenses=hessian,eigen"))

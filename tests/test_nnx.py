@@ -7,6 +7,7 @@ example runs.
 """
 
 import functools
+import pathlib
 
 import chex
 import flax.linen as nn
@@ -194,6 +195,11 @@ def test_boxed_nnx_state_works_like_its_values():
     boxed_masks = jax.tree.map(lambda w: (w != 0) | (w.ndim < 2), boxed)  # biases kept
     optimizer = nnx.Optimizer(model, _tx(boxed_masks, "rigl"), wrt=nnx.Param)
     chex.assert_trees_all_equal(sparsejax.get_masks(optimizer.opt_state), m)
+
+
+def test_readme_shows_the_example_verbatim():
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    assert f"```python{README_EXAMPLE}```" in readme
 
 
 def test_readme_example_runs(capsys):

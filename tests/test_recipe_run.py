@@ -49,7 +49,8 @@ def _fresh(c, ds, workdir):
 
 # ------------------------------------------------------------------- masks on the plain network
 
-@pytest.mark.parametrize("method", ["random", "magnitude", "snip",
+@pytest.mark.parametrize("method", [pytest.param("random", marks=pytest.mark.slow),
+                                    pytest.param("magnitude", marks=pytest.mark.slow), "snip",
                                     pytest.param("grasp", marks=pytest.mark.slow),
                                     pytest.param("synflow", marks=pytest.mark.slow)])
 def test_mask_is_the_same_with_and_without_the_tweaks(method, digits, tmp_path):
@@ -116,6 +117,7 @@ def test_lrsi_in_a_run_scales_every_tensor_and_keeps_zeros(digits, tmp_path):
 
 # ---------------------------------------------------------------------------------- distillation
 
+@pytest.mark.slow
 def test_train_step_distills_from_the_frozen_teacher(digits):
     c = _config(**TWEAKS)
     c.recipe.distill.teacher, c.recipe.distill.weight = "teacher.npz", 0.5
@@ -145,6 +147,7 @@ def test_train_step_distills_from_the_frozen_teacher(digits):
                                                          grads), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_teacher_of_another_model_or_class_count_is_refused_before_anything_is_written(tmp_path):
     teacher = build.model(_config(), 100)  # a CIFAR-100 head
     workdir_lib.save_variables(tmp_path / "t100.npz",

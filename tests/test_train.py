@@ -152,7 +152,8 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     (["--config.mode=sweep"], "mode"),  # build.check
     (["--config.data.name=cifar10", "--config.data.data_dir=/nonexistent/tfds"],
      "cifar-10-binary.tar.gz"),  # data
-    (["--config.mask.method=file", "--config.mask.file=configs/base.py"], "not a sparsejax"),
+    pytest.param(["--config.mask.method=file", "--config.mask.file=configs/base.py"], "not a sparsejax",
+                 marks=SLOW),
     pytest.param(["--config.optimizer.learning_rate=1e9"], "no checkpoint was written yet",
                  marks=SLOW),
     pytest.param(["--config.mask.sparsity=1.5"], "sparsity", marks=SLOW),
@@ -171,7 +172,7 @@ def test_no_config_fails_with_one_line():
     assert "no config given" in one_line_error(launch())
 
 
-@pytest.mark.parametrize("error", ["ValueError", "KeyError"])
+@pytest.mark.parametrize("error", [pytest.param("ValueError", marks=SLOW), "KeyError"])
 def test_a_bug_keeps_its_traceback(tmp_path, error):
     """Only sparsejax's own UserError becomes one line; anything else is a bug and shows where."""
     code = (f"import runpy, sparsejax.train as t\n"
@@ -206,6 +207,7 @@ def test_mask_file_of_another_model_is_refused(tmp_path):
     assert "other.npz" in one_line_error(result)
 
 
+@pytest.mark.slow
 def test_unwritable_workdir_is_refused(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     result = launch("--config=configs/quickstart.py:variant=vanilla",
@@ -213,6 +215,7 @@ def test_unwritable_workdir_is_refused(tmp_path):
     assert "not writable" in one_line_error(result)
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused_and_kept(tmp_path):
     workdir = tmp_path / "w"
     workdir.mkdir()

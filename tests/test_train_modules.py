@@ -147,6 +147,7 @@ def test_train_step_keeps_pruned_weights_zero(ghosted):
     assert not jnp.array_equal(new.params["conv1"]["kernel"], state.params["conv1"]["kernel"])
 
 
+@pytest.mark.slow
 def test_one_optimizer_serves_the_plain_network(ghosted):
     """After the ghost phase the same tx updates the plain params: its state lost the ghosts."""
     c, plan, model, tx, state, masks, batch = ghosted

@@ -31,21 +31,23 @@ def with_lottery(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def lth_mask(sparsity: float) -> dict:
-    """Overrides for an LTH ticket at exactly ``sparsity`` of the conv weights: IMP at ~20% per
-    round from a dense run, rewound to the initialization, the final ticket trained with the arm's
-    recipe (a point's directory then holds every round; the report reads the final one)."""
-    rounds, fraction = lth.imp_schedule(sparsity)
+def lth_mask(sparsity: float, rate: float = 0.2) -> dict:
+    """Overrides for an LTH ticket at exactly ``sparsity`` of the conv weights: IMP at about
+    ``rate`` per round from a dense run, rewound to the initialization, the final ticket trained
+    with the arm's recipe (a point's directory then holds every round; the report reads the final
+    one)."""
+    rounds, fraction = lth.imp_schedule(sparsity, rate)
     return {"mode": "lottery", "lottery.rounds": rounds, "lottery.fraction": fraction}
 
 
-def mask_grids(masks: tuple[str, ...], sparsities: tuple[float, ...], rest: dict) -> list[dict]:
+def mask_grids(masks: tuple[str, ...], sparsities: tuple[float, ...], rest: dict,
+               rate: float = 0.2) -> list[dict]:
     """Grids over mask methods × sparsities (× ``rest``); ``lth`` gets one grid per sparsity,
-    because its number of IMP rounds depends on the sparsity."""
+    because its number of IMP rounds (at ``rate`` per round) depends on the sparsity."""
     finders = [m for m in masks if m != "lth"]
     grids = [{"mask.method": finders, "mask.sparsity": list(sparsities), **rest}] if finders else []
     if "lth" in masks:
-        grids += [{"mask.method": {"lth": lth_mask(s)}, "mask.sparsity": [s], **rest}
+        grids += [{"mask.method": {"lth": lth_mask(s, rate)}, "mask.sparsity": [s], **rest}
                   for s in sparsities]
     return grids
 

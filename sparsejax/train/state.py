@@ -30,8 +30,11 @@ def init_variables(model, rng: jax.Array, input_shape: tuple[int, ...], **inputs
     """``model.init`` compiled, with the dicts in the model's definition order (first layer first).
 
     A jitted function returns its dicts with sorted keys; the order in which the layers were created
-    is read inside the trace and restored, since "first"/"last" layer options and the PyTorch mask
-    matcher (``sparsejax.distributions.definition_order``) depend on it.
+    is read inside the trace (``sparsejax.distributions.definition_order``) and restored, since the
+    "first"/"last" layer options of the densities depend on it. These are fresh variables only:
+    ``init.variables_file`` is read afterwards by ``sparsejax.train.workdir.load_variables`` (an
+    ``.npz``, or a PyTorch ``.pt`` via ``sparsejax.pruning.load_torch_variables``), which pairs
+    leaves by path or by name (``sparsejax.pruning.torch_names``), never by order.
     """
     order: list[str] = []
 
