@@ -6,7 +6,7 @@ test accuracy at the best validation epoch, in a table of ``--rows`` × ``--cols
 the sparsity if it varies, rows the other axes). Arms of a named axis (``--pair``, default the axis
 ``variant`` or ``arm`` if the sweep has one) are compared paired: per seed, arm − baseline, with the
 mean difference and its 95% t-interval. Writes ``DIR/report.md``, ``DIR/report.csv`` (one line per
-cell) and ``DIR/plots/accuracy_vs_sparsity_<method>.png`` (one line per other setting, error bars ±
+cell), ``DIR/runs.csv`` (one line per run) and ``DIR/plots/accuracy_vs_sparsity_<method>.png`` (one line per other setting, error bars ±
 std).
 
 A cell mixes only runs whose configs are identical but for the seed; runs that differ in another key
@@ -55,7 +55,7 @@ def load_runs(directory: pathlib.Path) -> list[dict[str, Any]]:
     """One record per finished run under ``directory``: its flattened config, its point's axes
     (``point.*`` keys, from the sweep's directory names) and its summary's accuracies."""
     runs = []
-    for path in _final_rounds(sorted(directory.rglob("summary.json"))):
+    for path in sorted(directory.rglob("summary.json")):
         summary = json.loads(path.read_text())
         if "config" not in summary or summary.get(METRIC) is None:
             continue  # not a training run's summary (e.g. a lottery's), or one without a validation
@@ -87,22 +87,6 @@ def load_runs(directory: pathlib.Path) -> list[dict[str, Any]]:
 
 def _is_round(name: str) -> bool:
     return name.startswith("round_") and name[len("round_"):].isdigit()
-
-
-def _final_rounds(paths: list[pathlib.Path]) -> list[pathlib.Path]:
-    """``paths`` with a lottery's rounds (``<point>/round_<r>/summary.json``) cut to its last round:
-    the earlier rounds only found the ticket's mask, at lower sparsities."""
-    last: dict[pathlib.Path, pathlib.Path] = {}
-    out = []
-    for path in paths:
-        name = path.parent.name
-        if _is_round(name):
-            point = path.parent.parent
-            if point not in last or int(name[6:]) > int(last[point].parent.name[6:]):
-                last[point] = path
-        else:
-            out.append(path)
-    return out + list(last.values())
 
 
 def varying(runs: list[dict[str, Any]]) -> list[str]:
@@ -276,6 +260,18 @@ def csv_text(groups, rows: list[str], cols: list[str]) -> str:
     return out.getvalue()
 
 
+def runs_csv(groups, rows: list[str], cols: list[str]) -> str:
+    """One line per run: its cell, seed and accuracies (for analyses the tables do not make)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([*rows, *cols, "seed", "test_accuracy", "final_test_accuracy", "sparsity", "run"])
+    for key, members in sorted(groups.items(), key=lambda kv: _order(kv[0])):
+        for m in sorted(members, key=lambda m: str(m.get("seed"))):
+            writer.writerow([*key, m.get("seed"), f"{m[METRIC]:.6f}",
+                             f"{m['final_test_accuracy']:.6f}", f"{m['sparsity']:.6f}", m["run"]])
+    return out.getvalue()
+
+
 def plot(groups, rows: list[str], cols: list[str], directory: pathlib.Path) -> list[pathlib.Path]:
     """Accuracy vs sparsity, one figure per mask method (one line per other row setting)."""
     if cols != [SPARSITY]:
@@ -302,7 +298,8 @@ def plot(groups, rows: list[str], cols: list[str], directory: pathlib.Path) -> l
 
 
 def report(directory: pathlib.Path, rows=None, cols=None, allow=(), pair=None) -> str:
-    """Writes ``report.md``, ``report.csv`` and the plots; returns the Markdown."""
+    """Writes ``report.md``, ``report.csv`` (one line per cell), ``runs.csv`` (one per run) and the
+    plots; returns the Markdown."""
     from sparsejax import files
     runs = load_runs(directory)
     sweep = directory / "sweep.json"
@@ -321,6 +318,7 @@ def report(directory: pathlib.Path, rows=None, cols=None, allow=(), pair=None) -
     markdown = "\n".join(text) + "\n"
     files.write_atomic(directory / "report.md", markdown)
     files.write_atomic(directory / "report.csv", csv_text(groups, rows, cols))
+    files.write_atomic(directory / "runs.csv", runs_csv(groups, rows, cols))
     return markdown
 
 

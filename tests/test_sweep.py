@@ -225,6 +225,10 @@ def test_report_prints_mean_std_and_paired_intervals_as_computed_by_hand(swept):
     rows = (swept / "report.csv").read_text().splitlines()
     assert rows[0].startswith("variant,mask.sparsity,mean_test_accuracy,std,n")
     assert len(rows) == 5
+    runs = (swept / "runs.csv").read_text().splitlines()
+    assert runs[0] == "variant,mask.sparsity,seed,test_accuracy,final_test_accuracy,sparsity,run"
+    assert "tost,0.9,1,0.810000,0.800000,0.900000,\"variant=tost,mask.sparsity=0.9,seed=1\"" in runs
+    assert len(runs) == 13
     assert (swept / "plots" / "accuracy_vs_sparsity_random.png").stat().st_size > 0
 
 
