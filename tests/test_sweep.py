@@ -300,3 +300,28 @@ def test_sweep_killed_resumes_without_redoing_finished_points_then_reports(tmp_p
     printed = run_module("launch.report", str(workdir))
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert printed.stdout.count("(n=2)") == 2 and "tost − vanilla" in printed.stdout
+
+
+# --- the lenses over training --------------------------------------------------------------------------
+
+def test_lens_report_averages_each_number_over_seeds_and_pairs_the_arms(tmp_path):
+    from launch import lens_report
+    values = {("vanilla", 0): 10.0, ("vanilla", 1): 14.0, ("tost", 0): 7.0, ("tost", 1): 8.0}
+    for (arm, seed), eigenvalue in values.items():
+        analysis = tmp_path / f"variant={arm},seed={seed}" / "analysis"
+        analysis.mkdir(parents=True)
+        (analysis / "hessian.jsonl").write_text("\n".join(json.dumps(
+            {"step": 10 * e, "epoch": e, "eigenvalue": eigenvalue + e}) for e in (0, 5)) + "\n")
+        (analysis / "activations.jsonl").write_text(json.dumps(
+            {"step": 0, "epoch": 0, "stages": {"zero": {"stem": 0.5 + seed / 4}}}) + "\n")
+    text = lens_report.lens_report(tmp_path)
+    # vanilla 10, 14: mean 12, std 2.83; tost 7, 8: 7.5 ± 0.71; differences −3, −6: −4.5 ± t·2.12/√2
+    half = stats.t.ppf(0.975, 1) * np.std([-3.0, -6.0], ddof=1) / math.sqrt(2)
+    assert (f"| hessian eigenvalue | 5 | 17 ± 2.8 (n=2) | 12.5 ± 0.71 (n=2) | "
+            f"-4.5 [{-4.5 - half:+.3g}, {-4.5 + half:+.3g}] |") in text
+    assert "| zero activations stem | 0 | 0.625 ± 0.18 (n=2) | 0.625 ± 0.18 (n=2) | +0 [+0, +0] |" \
+        in text
+    assert (tmp_path / "plots" / "hessian_eigenvalue_over_training.png").stat().st_size > 0
+    assert len((tmp_path / "lenses.csv").read_text().splitlines()) == 1 + 3 * 2
+    with pytest.raises(ValueError, match="baseline 'dense' is not an arm"):
+        lens_report.lens_report(tmp_path, "variant:dense")
