@@ -21,6 +21,11 @@ its inputs (output mask included). XLA's own static estimate (``memory_analysis(
 plus output) is shown next to it. Times are the median of a few runs after the warm-up.
 Every mask is checked to have exactly k ones, and all methods must give the same mask (a hash of
 the packed bits is compared across processes).
+
+``--vs-sum`` (issue 14) times instead ``topk.mask`` against one ``jnp.sum`` over the same N float32
+scores (k = N/2, both jitted and warm, interleaved in one process per size, median of the runs;
+writes the "Top-k vs one sum pass (issue 14)" section), with the 1-minute load average
+(``os.getloadavg()``) before and after each size's runs. ``--sizes 1000000 --no-write`` for a look.
 """
 
 from __future__ import annotations
@@ -57,6 +62,20 @@ def resnet18_kernel_shapes() -> list[tuple[int, ...]]:
 # ----------------------------------------------------------------------------- one case (child)
 
 
+def _hashed_scores(shape, offset):
+    """Pseudo-random float32 in [0, 1) from a murmur3 finalizer of the flat index (traceable)."""
+    import jax
+    import jax.numpy as jnp
+
+    size = int(np.prod(shape))
+    x = jax.lax.broadcasted_iota(jnp.uint32, (size,), 0) + jnp.uint32(offset)
+    for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
+        x = (x ^ (x >> shift)) * jnp.uint32(mult)
+    x = x ^ (x >> 16)
+    bits = (x >> 9) | jnp.uint32(0x3F800000)  # [1, 2) with 23 random mantissa bits
+    return (jax.lax.bitcast_convert_type(bits, jnp.float32) - 1.0).reshape(shape)
+
+
 def _hwm_and_rss_kib() -> tuple[int, int]:
     fields = {}
     with open("/proc/self/status") as f:
@@ -72,15 +91,7 @@ def _run_case(method: str, case: str, reps: int) -> dict:
 
     from sparsejax import topk
 
-    def hashed_scores(shape, offset):
-        """Pseudo-random float32 in [0, 1) from a murmur3 finalizer of the flat index."""
-        size = int(np.prod(shape))
-        x = jax.lax.broadcasted_iota(jnp.uint32, (size,), 0) + jnp.uint32(offset)
-        for shift, mult in ((16, 0x85EBCA6B), (13, 0xC2B2AE35)):
-            x = (x ^ (x >> shift)) * jnp.uint32(mult)
-        x = x ^ (x >> 16)
-        bits = (x >> 9) | jnp.uint32(0x3F800000)  # [1, 2) with 23 random mantissa bits
-        return (jax.lax.bitcast_convert_type(bits, jnp.float32) - 1.0).reshape(shape)
+    hashed_scores = _hashed_scores
 
     def argsort_order(flat):
         return jnp.argsort(-flat, stable=True)
@@ -146,7 +157,74 @@ def _run_case(method: str, case: str, reps: int) -> dict:
     return {"method": method, "case": case, "n": n, "k": k, "kept": kept, "digest": digest,
             "seconds": statistics.median(times or [first]), "times": times, "first": first,
             "peak_extra_bytes": (hwm_after - rss_before) * 1024, "xla_extra_bytes": xla_extra,
-            "scores_bytes": 4 * n}
+            "scores_bytes": 4 * n, "load": os.getloadavg()[0]}
+
+
+def _run_vs_sum(case: str, reps: int) -> dict:
+    """``topk.mask(scores, N/2)`` and ``jnp.sum(scores)`` on the same N scores, interleaved."""
+    import jax
+    import jax.numpy as jnp
+
+    from sparsejax import topk
+
+    n = int(case)
+    scores = jax.block_until_ready(jax.jit(lambda: _hashed_scores((n,), 0))())
+    k = n // 2
+    calls = {"topk": (jax.jit(topk.mask), (scores, k)), "sum": (jax.jit(jnp.sum), (scores,))}
+    for fn, call_args in calls.values():
+        for _ in range(2):  # compile, then one warm run
+            jax.block_until_ready(fn(*call_args))
+    load_before = os.getloadavg()[0]
+    times = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, (fn, call_args) in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*call_args))
+            times[name].append(time.perf_counter() - start)
+    load_after = os.getloadavg()[0]
+    out = calls["topk"][0](scores, k)
+    threshold = jnp.min(jnp.where(out, scores, jnp.inf))
+    return {"case": case, "n": n, "k": k, "reps": reps,
+            "kept": int(jnp.sum(out, dtype=jnp.int32)),
+            "tie_broken": int(jnp.sum(scores >= threshold, dtype=jnp.int32)) > k,
+            "topk_seconds": statistics.median(times["topk"]),
+            "sum_seconds": statistics.median(times["sum"]),
+            "load_before": load_before, "load_after": load_after}
+
+
+def _vs_sum_reps(n: int) -> int:
+    return 51 if n <= 1_000_000 else (21 if n <= 10_000_000 else 7)
+
+
+def _vs_sum_line(r: dict) -> str:
+    if "error" in r:
+        return f"| {_label(r['case'])} | failed: {r['error']} | | | | | |"
+    return (f"| {_label(r['case'])} | {r['topk_seconds'] * 1e3:.2f} | {r['sum_seconds'] * 1e3:.3f} | "
+            f"{r['topk_seconds'] / r['sum_seconds']:.1f}× | {r['reps']} | "
+            f"{'yes' if r['kept'] == r['k'] else 'NO'}{', tie broken' if r['tie_broken'] else ''} | "
+            f"{r['load_before']:.1f} → {r['load_after']:.1f} |")
+
+
+def _vs_sum(sizes: list[int], write: bool) -> None:
+    started = time.perf_counter()
+    lines = ["| scores | top-k (ms) | sum (ms) | top-k / sum | runs | exact k | load |",
+             "|---|---:|---:|---:|---:|:-:|---:|"]
+    for n in sizes:
+        lines.append(_vs_sum_line(_child("vs-sum", str(n), _vs_sum_reps(n))))
+        print(lines[-1], flush=True)
+    body = (
+        "\n".join(lines) + "\n\n"
+        "`sparsejax.topk.mask(scores, k)` with k = N/2 (traced) against one `jnp.sum(scores)` pass "
+        "over the same N float32 scores, both jitted, compiled and run once before timing; the two "
+        "interleaved in one process per size; times are medians of the runs shown. \"tie broken\": "
+        "the k-th score is tied across the cut, so the two index passes of the tie-break ran too "
+        "(hashed scores have 23 random bits, so ties are the rule at 100M). Load: 1-minute load "
+        f"average before → after the size's timed runs ({os.cpu_count()} CPU cores); total "
+        f"{time.perf_counter() - started:.0f} s.")
+    print(body)
+    if write:
+        from benchmarks.results import write_section
+        write_section("Top-k vs one sum pass (issue 14)", body)
 
 
 # ----------------------------------------------------------------------------- driver (parent)
@@ -160,9 +238,9 @@ def _reps(case: str, method: str) -> int:
     return 0 if n >= 100_000_000 else (2 if n >= 10_000_000 else 5)
 
 
-def _child(method: str, case: str) -> dict:
-    command = [sys.executable, "-m", "benchmarks.topk", "--child", method, case,
-               str(_reps(case, method))]
+def _child(method: str, case: str, reps: int | None = None) -> dict:
+    reps = _reps(case, method) if reps is None else reps
+    command = [sys.executable, "-m", "benchmarks.topk", "--child", method, case, str(reps)]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
@@ -191,8 +269,8 @@ def _extrapolated(results: list[dict], method: str, n: int) -> float | None:
 
 def _table(results: list[dict]) -> str:
     lines = ["| scores | method | time (s) | × sparsejax's time | peak extra RSS | XLA temp+out | "
-             "exact k | same mask |",
-             "|---|---|---:|---:|---:|---:|:-:|:-:|"]
+             "exact k | same mask | load |",
+             "|---|---|---:|---:|---:|---:|:-:|:-:|---:|"]
     by_case: dict[str, dict[str, dict]] = {}
     for r in results:
         by_case.setdefault(r["case"], {})[r["method"]] = r
@@ -204,14 +282,14 @@ def _table(results: list[dict]) -> str:
                 continue
             if "error" in r or "skipped" in r:
                 why = f"failed: {r['error']}" if "error" in r else r["skipped"]
-                lines.append(f"| {_label(case)} | {method} | {why} | | | | | |")
+                lines.append(f"| {_label(case)} | {method} | {why} | | | | | | |")
                 continue
             ratio = r["seconds"] / ours["seconds"] if "seconds" in ours else float("nan")
             lines.append(
                 f"| {_label(case)} | {method} | {r['seconds']:.3f} | {ratio:.1f} | "
                 f"{_mib(r['peak_extra_bytes'])} ({r['peak_extra_bytes'] / r['scores_bytes']:.2f}× scores) | "
                 f"{_mib(r['xla_extra_bytes'])} | {'yes' if r['kept'] == r['k'] else 'NO'} | "
-                f"{'yes' if r['digest'] == ours.get('digest') else 'NO'} |")
+                f"{'yes' if r['digest'] == ours.get('digest') else 'NO'} | {r['load']:.1f} |")
     return "\n".join(lines)
 
 
@@ -222,11 +300,17 @@ def main() -> None:
     parser.add_argument("--argsort-100m", action="store_true",
                         help="also run the argsort baselines at >= 100M scores (minutes per run)")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
+    parser.add_argument("--vs-sum", action="store_true",
+                        help="time topk.mask as a multiple of one jnp.sum over the same scores")
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "CASE", "REPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         method, case, reps = args.child
-        print(json.dumps(_run_case(method, case, int(reps))))
+        run = _run_vs_sum if method == "vs-sum" else lambda c, r: _run_case(method, c, r)
+        print(json.dumps(run(case, int(reps))))
+        return
+    if args.vs_sum:
+        _vs_sum(args.sizes, not args.no_write)
         return
 
     load_before = os.getloadavg()
@@ -245,7 +329,7 @@ def main() -> None:
                 r = _child(method, case)
             results.append(r)
             shown = (f"{r['seconds']:.3f} s, peak extra {_mib(r['peak_extra_bytes'])}, "
-                     f"kept {r['kept']}/{r['k']}") if "seconds" in r else r.get("error", r.get("skipped"))
+                     f"kept {r['kept']}/{r['k']}, load {r['load']:.1f}") if "seconds" in r else r.get("error", r.get("skipped"))
             print(f"{_label(case):>26}  {method:<18} {shown}", flush=True)
     load_after = os.getloadavg()
     body = (
@@ -256,7 +340,8 @@ def main() -> None:
         "resident high-water mark during the first run minus the resident size just before it, "
         "each case in its own process (scores excluded, output mask included); it is the honest "
         "number, since XLA's static `memory_analysis()` (temporaries + output, shown too) does not see "
-        "the buffers the CPU sort allocates for itself. Same mask: bit-identical to sparsejax's mask.\n\n"
+        "the buffers the CPU sort allocates for itself. Same mask: bit-identical to sparsejax's mask. "
+        "Load: 1-minute load average (`os.getloadavg()`) at the end of the case's runs.\n\n"
         f"{os.cpu_count()} CPU cores shared with other users: load average {load_before[0]:.1f} "
         f"before and {load_after[0]:.1f} after; total {time.perf_counter() - started:.0f} s."
     )

@@ -8,7 +8,7 @@ ToST release, which masks conv layers only; ``prune_dense`` adds the classifier)
 starts from the rewound weights under the new mask, so round r trains at sparsity 1 − 0.8^r. With
 ``rewind_schedule = "continue"`` (default, open_lth's rewinding; Frankle et al. 2020) a round that
 starts from the weights of epoch k trains from step k on, with the learning-rate schedule and the
-data order at their step-k position; ``"restart"`` trains it from step 0 with the whole schedule. The mask search uses plain training (ToST tweaks off); the last round trains the final
+data order at their step-k position; ``"restart"`` trains it from step 0 with the whole schedule. The mask search uses plain training (ToST tweaks, LRsI and distillation off); the last round trains the final
 ticket with the config's own recipe when ``config.lottery.final_recipe`` is set (ToST on LTH masks).
 
 Every round has its own directory ``workdir/round_<r>`` (with ``mask.npz``, its checkpoints and
@@ -41,6 +41,7 @@ def _round_config(config: ml_collections.ConfigDict, r: int, workdir: pathlib.Pa
     c.name, c.mode = f"{config.name}/round_{r}", "train"
     if r < lt.rounds or not lt.final_recipe:  # the search itself is plain training
         c.tost.ghost_skip, c.tost.ghost_swish, c.tost.label_smoothing = "", False, 0.0
+        c.recipe.lrsi, c.recipe.distill.teacher = False, ""
     c.dst.method, c.dst.options = "static", {}
     if r == 0:
         c.mask.method = "dense"

@@ -66,3 +66,16 @@ def test_config_trains_one_epoch(tmp_path, name, arg):
     assert summary["step"] == 10
     assert summary["sparsity"] == pytest.approx(config.mask.sparsity, abs=2e-3)
     assert 0.0 <= summary["test_accuracy"] <= 1.0
+
+
+def test_search_rounds_train_plainly_and_the_final_round_with_the_recipe(tmp_path):
+    """The IMP search is plain training: ghosts, label smoothing, LRsI and the teacher are off in
+    every round but the last, which keeps them when ``final_recipe`` is set."""
+    config = importlib.import_module("configs.lth").get_config("rounds=2,tost,runlocal")
+    config.recipe.lrsi, config.recipe.distill.teacher = True, "teacher.npz"
+    for r in range(3):
+        c = lottery._round_config(config, r, tmp_path)
+        recipe = (c.tost.ghost_skip, c.tost.ghost_swish, c.tost.label_smoothing, c.recipe.lrsi,
+                  c.recipe.distill.teacher)
+        assert recipe == (("conv1x1", True, 0.1, True, "teacher.npz") if r == 2 else
+                          ("", False, 0.0, False, "")), r

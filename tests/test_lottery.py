@@ -86,3 +86,4 @@ def test_rounds_continue_the_schedule_from_the_rewind_point(run):
                  (workdir / f"round_{r}" / "metrics.jsonl").read_text().splitlines()]
              for r in (0, 1)}
     assert min(steps[0]) <= 10 and min(steps[1]) > 10 and max(steps[1]) == 20
+

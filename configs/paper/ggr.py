@@ -4,11 +4,14 @@
 the same grid on digits. The protocol is configs/dst.py's (200 epochs, CIFAR-100 halved; redistribution
 every epoch but the first, drop fraction 10% → 0 by cosine at half of training).
 
-- ``table1``: MobileNetV2, ResNet-18 and VGG-16 on CIFAR-100 and TinyImageNet × SET, RigL, DSR, GGR,
+- ``table1``: MobileNetV2, ResNet-18 and VGG-16 on CIFAR-100 (100 epochs) and TinyImageNet (200) × SET, RigL, DSR, GGR,
   "GGR SET" and "GGR RigL" (``grow_gradient_fraction`` 0 and 1) × 90/97/99% × uniform and ERK, plus
   the dense reference and gradual magnitude pruning (configs/gmp.py's schedule) as baseline rows;
-- ``table2``/``table3`` are Table 1's runs averaged over models and datasets
-  (``python -m launch.report DIR --rows=dst.method --cols=mask.sparsity --allow=model.name,data.name``);
+- ``table2``/``table3`` average Table 1's cells over models and data sets: ``python -m
+  launch.report DIR`` writes ``DIR/report.csv`` (one line per data set, model, method, density
+  distribution and sparsity); average its ``mean_test_accuracy`` over ``data`` and ``model.name``.
+  Table 3's local "SET+RigL" row (half the regrowth random, half by gradient, within each layer) is
+  not a rule of sparsejax; its GGR rows are ``ggr_set``, ``ggr_rigl`` and ``ggr``;
 - ``table4`` is the structure lens on Table 1's VGG-16 and MobileNetV2 TinyImageNet runs at 97%
   (``python -m launch.analyze --workdir=<point> --lenses=structure``).
 """
@@ -56,6 +59,13 @@ def gmp(epochs: int) -> dict:
             "dst.start_epoch": round(0.2 * epochs), "dst.end_fraction": 0.75}
 
 
+def _protocol(dataset: str) -> dict:
+    """configs/dst.py's data set, run length and lr decays for ``dataset``."""
+    c = dst.get_config(f"dataset={dataset}")
+    return {"data.name": dataset, "num_epochs": c.num_epochs,
+            "optimizer.decay_epochs": c.optimizer.decay_epochs}
+
+
 def get_sweep(arg: str | None = None) -> dict:
     args = base.parse_arg(arg, spec="table1", runlocal=False, epochs=0)
     if args.runlocal:
@@ -66,7 +76,7 @@ def get_sweep(arg: str | None = None) -> dict:
         rest = {"model.name": ["mobilenet_v2", "resnet18", "vgg16"]}
     grids = []
     for dataset, epochs in datasets.items():
-        data = {} if args.runlocal else {"data.name": [dataset]}
+        data = {} if args.runlocal else {"data": {dataset: _protocol(dataset)}}
         sparse = {**data, **rest, "mask.distribution": ["uniform", "erk"],
                   "mask.sparsity": [0.9, 0.97, 0.99]}
         grids += [{**data, **rest, "method": {"dense": {"mask.method": "dense",
