@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import platform
 import re
@@ -21,7 +22,8 @@ def machine() -> str:
 
 def write_section(name: str, body: str) -> None:
     """Replaces (or appends) the section ``## name`` with ``body`` plus the command that made it."""
-    command = "python " + " ".join(sys.argv)
+    module = "benchmarks." + os.path.splitext(os.path.basename(sys.argv[0]))[0]
+    command = " ".join(["python -m", module, *sys.argv[1:]])
     section = f"## {name}\n\nCommand: `{command}`  \nMachine: {machine()}\n\n{body.strip()}\n"
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     pattern = re.compile(rf"^## {re.escape(name)}\n.*?(?=^## |\Z)", re.S | re.M)
