@@ -164,6 +164,7 @@ def shrink(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.num_epochs, config.optimizer.decay_epochs = 1, (1,)
     config.optimizer.warmup_epochs, config.dst.start_epoch = 0, 0
     config.checkpoint_every_epochs = 1
+    config.analysis.epochs = tuple(e for e in config.analysis.epochs if e <= 1)
     return config
 
 
