@@ -65,13 +65,15 @@ def table(runs, baseline: str) -> tuple[str, list[list]]:
             cells = []
             for a in arms:
                 mean, std, n = mean_std(list(by_arm[a].values())) if by_arm[a] else (math.nan,) * 3
-                cells.append(f"{mean:.4g} ± {std:.2g} (n={n})")
+                spread = "" if math.isnan(std) else f" ± {std:.2g}"
+                cells.append(f"{mean:.4g}{spread} (n={n})")
                 rows.append([number, epoch, a, mean, std, n])
             for a in arms[1:]:
                 seeds = sorted(set(by_arm[a]) & set(by_arm[baseline]))
                 mean, half, _ = t_interval([by_arm[a][s] - by_arm[baseline][s] for s in seeds]) \
                     if seeds else (math.nan, math.nan, 0)
-                cells.append(f"{mean:+.3g} [{mean - half:+.3g}, {mean + half:+.3g}]")
+                interval = "" if math.isnan(half) else f" [{mean - half:+.3g}, {mean + half:+.3g}]"
+                cells.append(f"{mean:+.3g}{interval}")
             lines.append(f"| {number} | {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines), rows
 

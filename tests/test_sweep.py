@@ -9,6 +9,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -326,3 +327,9 @@ def test_lens_report_averages_each_number_over_seeds_and_pairs_the_arms(tmp_path
     assert len((tmp_path / "lenses.csv").read_text().splitlines()) == 1 + 3 * 2
     with pytest.raises(ValueError, match="baseline 'dense' is not an arm"):
         lens_report.lens_report(tmp_path, "variant:dense")
+    # one seed per arm: the values and their difference, no spread or interval to print
+    for arm in ("vanilla", "tost"):
+        shutil.rmtree(tmp_path / f"variant={arm},seed=1")
+    text = lens_report.lens_report(tmp_path)
+    assert "| hessian eigenvalue | 5 | 15 (n=1) | 12 (n=1) | -3 |" in text
+    assert "nan" not in text
