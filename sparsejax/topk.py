@@ -35,15 +35,16 @@ most significant first, with one histogram pass per 16 bits of key (1 pass for 1
 32-bit, 4 for 64-bit). The first pass scatter-adds the keys' top 16 bits into 65536 int32 bins
 (summed over all leaves for a global top-k) and takes the top 16 bits of ``t`` as the largest bin
 with at least ``k`` keys at or above it, by cumulative counts from the top; each further pass counts
-the next 16 bits of only the keys that share the prefix of ``t`` found so far (the others go to an
-extra bin, dropped) and picks the next digit with the rank left over. The histograms also give
-``count(key > t)`` and ``count(key == t)``. Keys above ``t`` are all selected; among the keys equal
-to ``t`` the first ``k - count(key > t)`` in flat order are selected, up to a cut on the global flat
-index found, only when the tie actually has to be broken, by two more histogram passes over the
-flat indices of the tied keys (high bits, then low bits within the chosen block). The mask is then
-written in one elementwise pass per leaf. For float32 scores that is 2 to 4 reads of the scores
-before the mask (this replaced 32 bisection counting passes for ``t``, plus ~log2(N) for a tie); on
-a sharded array each pass is a histogram per shard and one all-reduce of the (at most 65537) bins.
+the next 16 bits of only the keys that share the prefix of ``t`` found so far (the others get an
+out-of-range index, so their update is dropped) and picks the next digit with the rank left over.
+The histograms also give ``count(key > t)`` and ``count(key == t)``. Keys above ``t`` are all
+selected; among the keys equal to ``t`` the first ``k - count(key > t)`` in flat order are selected,
+up to a cut on the global flat index found, only when the tie actually has to be broken, by one
+more histogram pass over the high bits of the tied keys' flat indices and one over the low bits
+within the chosen block, which reads only that block. The mask is then written in one elementwise
+pass per leaf. For float32 scores that is 2 or 3 reads of the scores before the mask (this replaced 32 bisection counting passes for
+``t``, plus ~log2(N) for a tie); on a sharded array each pass is a histogram per shard and one
+all-reduce of the (at most 65536) bins.
 
 Memory: no sort, no index array and no copy of the scores. XLA:CPU does not fuse a comparison into
 a reduction or the bin computation into a scatter: a whole-array pass writes the keys and int32 bin
@@ -185,10 +186,11 @@ def _chunks(leaves: list[jax.Array]) -> tuple[int, ...]:
 
 
 def _fold(leaves: list[jax.Array], offsets: list[int], fn, init: jax.Array,
-          chunks: tuple[int, ...]) -> jax.Array:
+          chunks: tuple[int, ...], dtype: jnp.dtype | None = None) -> jax.Array:
     """``fn(acc, keys, flat_index)`` folded over all leaves in chunks, starting from ``init``.
 
-    ``fn`` gets the keys of a run of one leaf's flat scores and their global flat indices (leaf
+    ``fn`` gets the keys (ranking the scores as ``dtype``, by default the leaves' common key dtype)
+    of a run of one leaf's flat scores and their global flat indices (leaf
     offset + index in the leaf) and returns the new accumulator (same shape and type as ``init``). A
     leaf longer than its chunk is read in a loop over chunk-sized dynamic slices plus one static
     tail, so the keys and whatever per-element temporaries XLA:CPU writes (histogram bin
@@ -197,7 +199,7 @@ def _fold(leaves: list[jax.Array], offsets: list[int], fn, init: jax.Array,
     would make XLA gather them onto every device.
     """
     acc = init
-    dtype = _key_dtype([leaf.dtype for leaf in leaves])
+    dtype = dtype or _key_dtype([leaf.dtype for leaf in leaves])
     for leaf, offset, chunk in zip(leaves, offsets, chunks):
         flat = leaf.reshape(-1)  # A bitcast: no copy.
         n = flat.size
@@ -221,9 +223,12 @@ def _fold(leaves: list[jax.Array], offsets: list[int], fn, init: jax.Array,
     return acc
 
 
-def _histogram(leaves, offsets, bins, size: int, chunks, bins_at=None) -> jax.Array:
+def _histogram(leaves, offsets, bins, size: int, chunks, bins_at=None, skip=False, dtype=None
+               ) -> jax.Array:
     """int32 counts of ``bins(keys)`` (or ``bins_at(keys, flat_index)``), int32 in ``[0, size)``, over
-    all leaves, in chunks."""
+    all leaves, in chunks; the keys rank the scores as ``dtype`` (default: the leaves' own). With
+    ``skip``, an index of ``size`` marks a key that is not counted: its update is dropped. (Counting those in an extra bin instead makes every such key add to one
+    memory cell, a serial chain that doubled the time of a pass where most keys are skipped.)"""
     def add(acc, key, flat_index):
         index = bins(key) if bins_at is None else bins_at(key, flat_index)
         # Indices whose type carries a sharded spec (explicit sharding) need the output sharding:
@@ -233,9 +238,10 @@ def _histogram(leaves, offsets, bins, size: int, chunks, bins_at=None) -> jax.Ar
         out = None
         if mesh is not None and not mesh.empty and any(a is not None for a in sharding.spec):
             out = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        return acc.at[index].add(1, mode="promise_in_bounds", out_sharding=out)
+        mode = "drop" if skip else "promise_in_bounds"
+        return acc.at[index].add(1, mode=mode, out_sharding=out)
 
-    return _fold(leaves, offsets, add, jnp.zeros(size, jnp.int32), chunks)
+    return _fold(leaves, offsets, add, jnp.zeros(size, jnp.int32), chunks, dtype)
 
 
 def _top_bin(hist: jax.Array, k: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -256,11 +262,12 @@ def _kth_largest_key(leaves, offsets, k, chunks
 
     The first pass counts the keys' top 16 bits (65536 int32 bins, summed over leaves) and picks the
     top digit ``b`` of ``t`` from the cumulative counts from the top; each further pass counts the
-    next 16 bits of the keys whose higher bits equal the prefix of ``t`` found so far (the others go
-    to an extra bin, dropped) and picks the next digit with the rank left, ``k - count(key > t)``
-    so far. NaN scores have key 0, and no other float key has its top 16 bits all zero (the
-    smallest, ``-inf``'s, is ``2^m - 1`` for ``m`` mantissa bits, at least ``2^16`` for 32/64-bit
-    keys, m = 23 or 52; for 16-bit keys bin 0 is key 0), so bin 0 of the first pass counts the NaNs.
+    next 16 bits of the keys whose higher bits equal the prefix of ``t`` found so far (the others
+    get an out-of-range index: not counted) and picks the next digit with the rank left,
+    ``k - count(key > t)`` so far. NaN scores have key 0, and no other float key has its top 16
+    bits all zero (the smallest, ``-inf``'s, is ``2^m - 1`` for ``m`` mantissa bits, at least
+    ``2^16`` for 32/64-bit keys, m = 23 or 52; for 16-bit keys bin 0 is key 0), so bin 0 of the
+    first pass counts the NaNs.
     """
     dtype = _key_dtype([leaf.dtype for leaf in leaves])
     width = _key_bits(dtype)
@@ -273,8 +280,7 @@ def _kth_largest_key(leaves, offsets, k, chunks
                 return bits
             return jnp.where((key >> u(shift + _DIGIT)) == prefix, bits, 1 << _DIGIT)
 
-        size = (1 << _DIGIT) + (prefix is not None)
-        hist = _histogram(leaves, offsets, digit, size, chunks)[:1 << _DIGIT]
+        hist = _histogram(leaves, offsets, digit, 1 << _DIGIT, chunks, skip=prefix is not None)
         if prefix is None:
             nans = hist[0] if dtype in _FLOATS else jnp.int32(0)
         b, above_b, ties = _top_bin(hist, rank)
@@ -284,16 +290,37 @@ def _kth_largest_key(leaves, offsets, k, chunks
     return prefix, above, ties, nans
 
 
+def _block_ties(leaf, offset: int, start: jax.Array, size: int, t: jax.Array, chunk: int,
+                dtype: jnp.dtype) -> jax.Array:
+    """int32 counts, per position ``i < size``, of the keys (ranked as ``dtype``) equal to ``t`` at
+    global flat index ``start + i`` in ``leaf`` (which begins at global index ``offset``)."""
+    def ties_at(key, index):
+        inside = (key == t) & (index >= start) & (index < start + size)
+        return jnp.where(inside, index - start, size)
+
+    if not chunk:  # May be split over devices: a dynamic slice would gather it; read it whole.
+        return _histogram([leaf], [offset], None, size, (chunk,), ties_at, skip=True, dtype=dtype)
+    flat = leaf.reshape(-1)
+    length = min(size, flat.size)
+    first = jnp.clip(start - offset, 0, flat.size - length)
+    values = jax.lax.dynamic_slice(flat, (first,), (length,))
+    index = jax.lax.broadcasted_iota(jnp.int32, (length,), 0) + first + offset
+    key = _keys_as(values, dtype)
+    return jnp.zeros(size, jnp.int32).at[ties_at(key, index)].add(1, mode="drop")
+
+
 def _tie_cut(leaves, offsets, t, need, ties, chunks) -> jax.Array:
     """Global flat index ``p`` such that the keys equal to ``t`` before ``p`` number exactly ``need``.
 
     ``ties`` is the number of keys equal to ``t``. When it is no more than ``need``, ``p`` is the
     total size (all are kept). Otherwise ``p`` is one past the global flat index (leaf offset +
     index in the leaf) of the ``need``-th key equal to ``t`` (0 when ``need`` is 0), found like
-    ``t`` by two histogram passes, over the flat indices of the tied keys: the high bits of the
-    index (at most 65536 bins) pick the block holding it, then a histogram of the low bits within
-    that block its position. The leaves are never concatenated, so they may be sharded
-    differently and no copy of their size is made.
+    ``t`` from the flat indices of the tied keys: a histogram pass over the high bits of the
+    index (at most 65536 bins) picks the block of ``2^shift`` indices holding it, then a histogram
+    of the low bits within that block its position. That second histogram reads only the block: a
+    slice of at most ``2^shift`` scores of each leaf it overlaps (a leaf that may be split over
+    devices is read whole instead, as in ``_fold``). The leaves are never concatenated, so they
+    may be sharded differently and no copy of their size is made.
     """
     n = offsets[-1] + leaves[-1].size
     shift = max(0, int(n - 1).bit_length() - 16)  # high bins: ceil(n / 2^shift) <= 65536
@@ -307,12 +334,12 @@ def _tie_cut(leaves, offsets, t, need, ties, chunks) -> jax.Array:
     def locate(_):
         blocks = ((n - 1) >> shift) + 1
         high = _histogram(leaves, offsets, None, blocks, chunks,
-                          lambda key, index: jnp.where(key == t, index >> shift, blocks))
-        block, before = first_reaching(high[:blocks], need)
-        low = _histogram(leaves, offsets, None, (1 << shift) + 1, chunks,
-                         lambda key, index: jnp.where((key == t) & ((index >> shift) == block),
-                                                      index & ((1 << shift) - 1), 1 << shift))
-        position, _ = first_reaching(low[:1 << shift], need - before)
+                          lambda key, index: jnp.where(key == t, index >> shift, blocks), skip=True)
+        block, before = first_reaching(high, need)
+        dtype = _key_dtype([leaf.dtype for leaf in leaves])
+        low = sum(_block_ties(leaf, offset, block << shift, 1 << shift, t, chunk, dtype)
+                  for leaf, offset, chunk in zip(leaves, offsets, chunks))
+        position, _ = first_reaching(low, need - before)
         return jnp.where(need > 0, (block << shift) + position + 1, 0)
 
     return jax.lax.cond(ties > need, locate, lambda _: jnp.int32(n), None)

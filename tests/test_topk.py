@@ -292,6 +292,23 @@ def test_chunked_counting_gives_the_reference_masks(chunk):
         chex.assert_trees_all_equal(got, global_reference(tree, k))
 
 
+def test_tie_cut_blocks_that_straddle_leaf_ends_match_the_reference():
+    # Over 2^18 scores the tie cut reads blocks of 2^3 flat indices, slicing each leaf a block
+    # overlaps; leaf sizes that are not multiples of 8 put leaf ends inside blocks. Scores from
+    # {-2, ..., 2} tie everywhere; float16 with bfloat16 leaves are ranked as float32.
+    rng = np.random.default_rng(7)
+    shapes = [(3, 5, 7), (150001,), (3,), (333, 401), (7,)]
+    tree = [jnp.asarray(rng.integers(-2, 3, s), jnp.bfloat16 if i == 3 else jnp.float16)
+            for i, s in enumerate(shapes)]
+    assert (sum(x.size for x in tree) - 1).bit_length() - 16 == 3
+    twos = np.cumsum([int(np.sum(np.asarray(x, np.float32) == 2)) for x in tree])
+    for k in sorted({0, 1, *twos, *(twos - 1), *(twos + 1), 200_000}):
+        got = topk.global_masks(tree, int(k))
+        assert sum(int(np.sum(g)) for g in got) == k, f"k={k}"
+        chex.assert_trees_all_equal(got, global_reference([np.asarray(x, np.float32) for x in tree],
+                                                          int(k)))
+
+
 def test_chunked_counting_keeps_temporaries_chunk_sized():
     # XLA's static estimate (temporaries + output) matched the measured peak before chunking
     # (benchmarks/RESULTS.md); whole-array counting needs ~3x the scores here.
@@ -315,12 +332,18 @@ def test_leaves_that_may_be_split_over_devices_are_counted_whole():
 
 
 def test_chunked_counting_of_a_sharded_leaf_is_still_exact():
+    # Forced chunks on a leaf split over 8 devices: the counting passes still find the exact k-th
+    # key and its counts. (The tie cut's block read is a slice of 2^shift scores, which a split
+    # leaf never gets: ``_chunks`` gives it chunk 0.)
     mesh = jax.make_mesh((8,), ("data",))
     scores = np.round(np.random.default_rng(5).normal(size=(40, 7)) * 2).astype(np.float32)
     sharded = jax.device_put(scores, NamedSharding(mesh, P("data")))
-    for k in [0, 93, 280]:
-        got = topk._select([sharded], k, chunks=(16,))[0][0]
-        np.testing.assert_array_equal(np.asarray(got), reference(scores, k))
+    keys = np.sort(exact_keys(scores).reshape(-1))[::-1]
+    count = jax.jit(lambda leaf, k: topk._kth_largest_key([leaf], [0], k, (16,))[:3])
+    for k in [1, 93, 280]:
+        t, above, ties = map(int, count(sharded, k))
+        assert t == keys[k - 1]
+        assert (above, ties) == (int(np.sum(keys > t)), int(np.sum(keys == t)))
 
 
 # ---------------------------------------------------------------- exact on every input (issue 14)
