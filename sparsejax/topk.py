@@ -42,9 +42,9 @@ selected; among the keys equal to ``t`` the first ``k - count(key > t)`` in flat
 up to a cut on the global flat index found, only when the tie actually has to be broken, by one
 more histogram pass over the high bits of the tied keys' flat indices and one over the low bits
 within the chosen block, which reads only that block. The mask is then written in one elementwise
-pass per leaf. For float32 scores that is 2 or 3 reads of the scores before the mask (this replaced 32 bisection counting passes for
-``t``, plus ~log2(N) for a tie); on a sharded array each pass is a histogram per shard and one
-all-reduce of the (at most 65536) bins.
+pass per leaf. For float32 scores that is 2 or 3 reads of the scores before the mask (this
+replaced 32 bisection counting passes for ``t``, plus ~log2(N) for a tie); on a sharded array each
+pass is a histogram per shard and one all-reduce of the (at most 65536) bins.
 
 Memory: no sort, no index array and no copy of the scores. XLA:CPU does not fuse a comparison into
 a reduction or the bin computation into a scatter: a whole-array pass writes the keys and int32 bin
@@ -227,8 +227,9 @@ def _histogram(leaves, offsets, bins, size: int, chunks, bins_at=None, skip=Fals
                ) -> jax.Array:
     """int32 counts of ``bins(keys)`` (or ``bins_at(keys, flat_index)``), int32 in ``[0, size)``, over
     all leaves, in chunks; the keys rank the scores as ``dtype`` (default: the leaves' own). With
-    ``skip``, an index of ``size`` marks a key that is not counted: its update is dropped. (Counting those in an extra bin instead makes every such key add to one
-    memory cell, a serial chain that doubled the time of a pass where most keys are skipped.)"""
+    ``skip``, an index of ``size`` marks a key that is not counted: its update is dropped.
+    (Counting those in an extra bin instead makes every such key add to one memory cell, a serial
+    chain that doubled the time of a pass where most keys are skipped.)"""
     def add(acc, key, flat_index):
         index = bins(key) if bins_at is None else bins_at(key, flat_index)
         # Indices whose type carries a sharded spec (explicit sharding) need the output sharding:
