@@ -217,8 +217,9 @@ def _vs_sum(sizes: list[int], write: bool) -> None:
         "`sparsejax.topk.mask(scores, k)` with k = N/2 (traced) against one `jnp.sum(scores)` pass "
         "over the same N float32 scores, both jitted, compiled and run once before timing; the two "
         "interleaved in one process per size; times are medians of the runs shown. \"tie broken\": "
-        "the k-th score is tied across the cut, so the two index passes of the tie-break ran too "
-        "(hashed scores have 23 random bits, so ties are the rule at 100M). Load: 1-minute load "
+        "the k-th score is tied across the cut, so the tie-break ran too (one index pass over all "
+        "scores, one over a block; hashed scores have 23 random bits, so ties are the rule at "
+        "100M). Load: 1-minute load "
         f"average before → after the size's timed runs ({os.cpu_count()} CPU cores); total "
         f"{time.perf_counter() - started:.0f} s.")
     print(body)
