@@ -296,7 +296,7 @@ def _block_ties(leaf, offset: int, start: jax.Array, size: int, t: jax.Array, ch
     """int32 counts, per position ``i < size``, of the keys (ranked as ``dtype``) equal to ``t`` at
     global flat index ``start + i`` in ``leaf`` (which begins at global index ``offset``)."""
     def ties_at(key, index):
-        inside = (key == t) & (index >= start) & (index < start + size)
+        inside = (key == t) & (index >= start) & (index - start < size)  # start + size may be 2^31
         return jnp.where(inside, index - start, size)
 
     if not chunk:  # May be split over devices: a dynamic slice would gather it; read it whole.

@@ -309,6 +309,16 @@ def test_tie_cut_blocks_that_straddle_leaf_ends_match_the_reference():
                                                           int(k)))
 
 
+def test_tie_cut_in_the_last_block_below_2_31_scores():
+    # A leaf placed at the end of a 2^31 - 1 score tree (offsets only; nothing that big is made):
+    # the last tie-cut block starts at 2^31 - 2^15, and its end must not wrap around int32.
+    leaf = jnp.asarray([0, 1, 0, 1, 1, 0, 1], jnp.float32)  # ties (1.0) at 1, 3, 4, 6
+    offset, t = 2**31 - 8, topk.keys(jnp.float32(1.0))
+    for chunk in (topk._CHUNK, 0):
+        cut = jax.jit(lambda need, c=chunk: topk._tie_cut([leaf], [offset], t, need, jnp.int32(4), (c,)))
+        assert [int(cut(jnp.int32(need))) - offset for need in (1, 2, 3)] == [2, 4, 5], chunk
+
+
 def test_chunked_counting_keeps_temporaries_chunk_sized():
     # XLA's static estimate (temporaries + output) matched the measured peak before chunking
     # (benchmarks/RESULTS.md); whole-array counting needs ~3x the scores here.
