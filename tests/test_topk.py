@@ -315,7 +315,8 @@ def test_tie_cut_in_the_last_block_below_2_31_scores():
     leaf = jnp.asarray([0, 1, 0, 1, 1, 0, 1], jnp.float32)  # ties (1.0) at 1, 3, 4, 6
     offset, t = 2**31 - 8, topk.keys(jnp.float32(1.0))
     for chunk in (topk._CHUNK, 0):
-        cut = jax.jit(lambda need, c=chunk: topk._tie_cut([leaf], [offset], t, need, jnp.int32(4), (c,)))
+        cut = jax.jit(lambda need, c=chunk: topk._tie_cut([leaf], [offset], t, need,
+                                                          jnp.int32(4), (c,)))
         assert [int(cut(jnp.int32(need))) - offset for need in (1, 2, 3)] == [2, 4, 5], chunk
 
 
